@@ -1,0 +1,535 @@
+"""
+A hand-written Qwen2 / Qwen2.5 decoder that loads and saves Hugging Face checkpoints.
+
+Read this file top to bottom: the config, then the four building blocks (RMSNorm, rotary embeddings,
+attention with a KV cache, SwiGLU MLP), then the model, then loading and saving. Module names mirror
+the checkpoint (`model.layers.3.self_attn.q_proj.weight`), so `state_dict()` keys *are* the checkpoint's
+keys and loading is a checked copy, not a rename table.
+
+What it leaves out: sliding-window attention and scaled RoPE variants (YaRN, dynamic NTK). Qwen2.5
+checkpoints ship with both switched off; configs that switch them on are refused rather than run wrong.
+Dropout is left out too: s1 trains without it.
+
+    python model.py PATH_OR_HUB_ID      # load a checkpoint and print what it is
+"""
+
+import json
+import math
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+# -----------------------------------------------------------------------------
+# Config
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that this model cannot load; the message says what is wrong and what to do."""
+
+
+@dataclass
+class Qwen2Config:
+    vocab_size: int = 151936
+    hidden_size: int = 896
+    intermediate_size: int = 4864
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 14
+    num_key_value_heads: int = 2
+    head_dim: int = 64
+    rms_norm_eps: float = 1e-6  # 1e-6 in the Instruct configs, 1e-5 in some base configs: always read it
+    rope_theta: float = 1e6
+    max_position_embeddings: int = 32768
+    tie_word_embeddings: bool = True  # 0.5B-3B share the embedding with the output head
+    hidden_act: str = "silu"
+    initializer_range: float = 0.02
+    torch_dtype: str = "bfloat16"
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+
+    @classmethod
+    def from_hf(cls, d: dict) -> "Qwen2Config":
+        """Build from a Hugging Face config.json dict, refusing what this model does not implement."""
+        model_type = d.get("model_type")
+        archs = d.get("architectures") or ["Qwen2ForCausalLM"]
+        if model_type != "qwen2" or "Qwen2ForCausalLM" not in archs:
+            raise CheckpointError(
+                f"config.json describes model_type={model_type!r} {archs}, but this model is Qwen2ForCausalLM "
+                "only (Qwen2 / Qwen2.5 dense checkpoints); use a Qwen2.5 checkpoint")
+        if d.get("use_sliding_window"):
+            raise CheckpointError(
+                "config.json switches sliding-window attention on (use_sliding_window: true), which this model "
+                "does not implement; Qwen2.5 checkpoints ship with it off: set it to false")
+        # transformers 4 writes rope_theta + rope_scaling; transformers 5 writes rope_parameters
+        rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type != "default":
+            raise CheckpointError(
+                f"config.json asks for rope type {rope_type!r}; only plain RoPE is implemented: remove "
+                "rope_scaling from config.json to run at the trained context length")
+        if d.get("hidden_act", "silu") != "silu":
+            raise CheckpointError(f"config.json has hidden_act={d['hidden_act']!r}; Qwen2 uses 'silu'")
+        n_heads = d["num_attention_heads"]
+        return cls(
+            vocab_size=d["vocab_size"],
+            hidden_size=d["hidden_size"],
+            intermediate_size=d["intermediate_size"],
+            num_hidden_layers=d["num_hidden_layers"],
+            num_attention_heads=n_heads,
+            num_key_value_heads=d.get("num_key_value_heads") or n_heads,
+            head_dim=d.get("head_dim") or d["hidden_size"] // n_heads,
+            rms_norm_eps=d.get("rms_norm_eps", 1e-6),
+            rope_theta=rope.get("rope_theta", d.get("rope_theta", 10000.0)),
+            max_position_embeddings=d.get("max_position_embeddings", 32768),
+            tie_word_embeddings=d.get("tie_word_embeddings", False),
+            initializer_range=d.get("initializer_range", 0.02),
+            torch_dtype=str(d.get("torch_dtype") or d.get("dtype") or "float32").replace("torch.", ""),
+            bos_token_id=d.get("bos_token_id"),
+            eos_token_id=d.get("eos_token_id"),
+        )
+
+    def to_hf(self) -> dict:
+        """The config.json that transformers reads back as the same Qwen2 model."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d.update(architectures=["Qwen2ForCausalLM"], model_type="qwen2", rope_scaling=None,
+                 use_sliding_window=False, sliding_window=None, max_window_layers=self.num_hidden_layers,
+                 attention_dropout=0.0, use_cache=True)
+        return d
+
+
+# -----------------------------------------------------------------------------
+# Building blocks
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        # Normalise in fp32 whatever the activation dtype: bf16 has too few mantissa bits for the mean
+        # of squares. Cast back *before* the weight multiply, as Qwen2 was trained.
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def rope_cos_sin(position_ids, head_dim: int, theta: float, dtype):
+    """cos and sin of the rotary angles, (B, T, head_dim) or (T, head_dim), computed in fp32."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float, device=position_ids.device) / head_dim))
+    freqs = position_ids[..., None].float() * inv_freq  # (..., T, hd/2)
+    # Qwen2 rotates the two *halves* of each head (rotate_half), not interleaved pairs as in
+    # gpt-fast/Llama-Meta, so the angle table is two copies of the frequencies side by side.
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x, cos, sin):
+    """x: (B, n_head, T, hd); cos, sin: (B, T, hd) or (T, hd)."""
+    if cos.dim() == 3:
+        cos, sin = cos[:, None], sin[:, None]
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+class KVCache(nn.Module):
+    """Preallocated keys and values for one layer, written at the positions being decoded."""
+
+    def __init__(self, batch_size, max_seq_len, n_kv_heads, head_dim, dtype, device=None):
+        super().__init__()
+        shape = (batch_size, n_kv_heads, max_seq_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, input_pos, k, v):
+        # input_pos: (T,) cache slots; k, v: (B, n_kv, T, hd). index_copy_ keeps the shapes static,
+        # which is what lets a compiled decode step be captured as a CUDA graph.
+        self.k.index_copy_(2, input_pos, k)
+        self.v.index_copy_(2, input_pos, v)
+        return self.k, self.v
+
+
+class Attention(nn.Module):
+    def __init__(self, config: Qwen2Config):
+        super().__init__()
+        self.n_head = config.num_attention_heads
+        self.n_kv_head = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        # Qwen2 puts a bias on q, k and v but not on the output projection.
+        self.q_proj = nn.Linear(config.hidden_size, self.n_head * self.head_dim, bias=True)
+        self.k_proj = nn.Linear(config.hidden_size, self.n_kv_head * self.head_dim, bias=True)
+        self.v_proj = nn.Linear(config.hidden_size, self.n_kv_head * self.head_dim, bias=True)
+        self.o_proj = nn.Linear(self.n_head * self.head_dim, config.hidden_size, bias=False)
+        self.kv_cache: KVCache | None = None
+
+    def forward(self, x, cos, sin, input_pos=None, mask=None):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, n_kv, T, hd)
+        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, n_kv, T, hd)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.kv_cache is not None:
+            k, v = self.kv_cache.update(input_pos, k, v)  # (B, n_kv, S, hd), S = cache length
+            # Attend only as far as the mask reaches: the caller decides how much of the cache is live.
+            k, v = k[:, :, : mask.size(-1)], v[:, :, : mask.size(-1)]
+        # An explicit mask whenever there is one: is_causal=True would align a chunk decoded against a
+        # cached prefix to the wrong corner. enable_gqa lets n_head query heads share n_kv_head keys.
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                           enable_gqa=self.n_kv_head != self.n_head)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: Qwen2Config):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # SwiGLU
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: Qwen2Config):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cos, sin, input_pos=None, mask=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, input_pos, mask)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Backbone(nn.Module):
+    """Holds what the checkpoint calls `model.*`: embedding, decoder layers and the final norm."""
+
+    def __init__(self, config: Qwen2Config):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+# -----------------------------------------------------------------------------
+# The model
+
+
+class Qwen2(nn.Module):
+    def __init__(self, config: Qwen2Config):
+        super().__init__()
+        self.config = config
+        self.model = Backbone(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self.gradient_checkpointing = False  # the trainer switches this on for long sequences
+
+    def init_weights(self, seed: int | None = None):
+        """Random init for training from scratch (the tiny model) and for benchmarks of real shapes."""
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        for name, p in self.named_parameters():
+            with torch.no_grad():
+                if name.endswith("norm.weight"):
+                    p.fill_(1.0)
+                elif name.endswith(".bias"):
+                    p.zero_()
+                else:
+                    t = torch.empty(p.shape, dtype=torch.float32).normal_(0, self.config.initializer_range, generator=gen)
+                    p.copy_(t)
+        return self
+
+    def setup_cache(self, batch_size: int, max_seq_len: int, dtype=None, device=None):
+        """Give every layer a preallocated KV cache; the forward pass then takes `input_pos`."""
+        p = self.lm_head.weight
+        for layer in self.model.layers:
+            layer.self_attn.kv_cache = KVCache(batch_size, max_seq_len, self.config.num_key_value_heads,
+                                               self.config.head_dim, dtype or p.dtype, device or p.device)
+
+    def clear_cache(self):
+        for layer in self.model.layers:
+            layer.self_attn.kv_cache = None
+
+    def forward(self, idx, targets=None, input_pos=None, position_ids=None, mask=None,
+                loss_reduction="mean", loss_chunk=1024):
+        """
+        idx: (B, T) token ids. Returns logits (B, T, vocab) or, with `targets`, the cross-entropy loss.
+
+        With a KV cache (setup_cache): `input_pos` (T,) are the cache slots being written and
+        `mask` (B or 1, 1, T, S) says which of the first S cache slots each query may see (True =
+        attend). Without a mask the usual causal mask over those slots is used.
+        `position_ids` (B, T) or (T,) feed RoPE; they default to `input_pos` (or 0..T-1). A batch of
+        left-padded prompts passes its own, counting from each row's first real token.
+        """
+        B, T = idx.shape
+        cached = self.model.layers[0].self_attn.kv_cache is not None
+        if cached:
+            assert input_pos is not None, "a model with a KV cache needs input_pos"
+            if mask is None:
+                slots = torch.arange(int(input_pos[-1]) + 1, device=idx.device)
+                mask = (slots[None, :] <= input_pos[:, None])[None, None]  # (1, 1, T, S)
+        if position_ids is None:
+            position_ids = input_pos if input_pos is not None else torch.arange(T, device=idx.device)
+
+        x = self.model.embed_tokens(idx)  # (B, T, C)
+        cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype)
+        for layer in self.model.layers:
+            if self.gradient_checkpointing and self.training:
+                # Keep only each block's input; recompute the block in the backward pass.
+                x = checkpoint(layer, x, cos, sin, input_pos, mask, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, input_pos, mask)
+        x = self.model.norm(x)
+
+        if targets is None:
+            return self.lm_head(x)
+        return chunked_cross_entropy(self.lm_head, x, targets, loss_reduction, loss_chunk)
+
+
+def _ce_chunk(lm_head, x, targets):
+    return F.cross_entropy(lm_head(x).float(), targets, ignore_index=-100, reduction="none")
+
+
+def chunked_cross_entropy(lm_head, x, targets, reduction="mean", chunk=1024):
+    """
+    Cross-entropy of lm_head(x) against targets (-100 = ignore) without ever holding the whole
+    (T, vocab) fp32 logits: a 32768-token sequence with a 152064-row head would need ~20 GB for them.
+    Each chunk of `chunk` tokens is checkpointed, so the backward pass recomputes its logits instead of
+    keeping them. reduction: "mean" over target tokens, "sum", or "none" for per-token losses (B, T).
+    """
+    B, T, C = x.shape
+    x, flat_targets = x.reshape(B * T, C), targets.reshape(B * T)
+    losses = []
+    for i in range(0, B * T, chunk):
+        xs, ts = x[i:i + chunk], flat_targets[i:i + chunk]
+        if torch.is_grad_enabled() and x.requires_grad:
+            losses.append(checkpoint(_ce_chunk, lm_head, xs, ts, use_reentrant=False))
+        else:
+            losses.append(_ce_chunk(lm_head, xs, ts))
+    loss = torch.cat(losses)  # (B*T,), zero at ignored positions
+    if reduction == "none":
+        return loss.view(B, T)
+    if reduction == "sum":
+        return loss.sum()
+    return loss.sum() / (flat_targets != -100).sum().clamp(min=1)
+
+
+# -----------------------------------------------------------------------------
+# Loading: a local directory or a hub repo id, safetensors only, one tensor at a time
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+HUB_FILES = ["*.safetensors", "*.safetensors.index.json", "*.json", "merges.txt", "vocab.json", "tokenizer*"]
+
+
+def resolve_checkpoint(path_or_repo_id: str) -> str:
+    """A local directory as it is; anything else is taken as a hub repo id and downloaded."""
+    if os.path.isdir(path_or_repo_id):
+        return path_or_repo_id
+    looks_like_repo = path_or_repo_id.count("/") == 1 and not path_or_repo_id.startswith((".", "/", "~"))
+    if not looks_like_repo:
+        raise CheckpointError(f"{path_or_repo_id}: no such directory; give a checkpoint directory or a hub id "
+                              "such as Qwen/Qwen2.5-0.5B-Instruct")
+    try:
+        from huggingface_hub import snapshot_download
+        # safetensors, configs and tokenizer only: never the pickle .bin files some repos also carry
+        return snapshot_download(path_or_repo_id, allow_patterns=HUB_FILES)
+    except Exception as e:
+        raise CheckpointError(f"{path_or_repo_id}: not a local directory and could not be downloaded from the "
+                              f"hub ({type(e).__name__}); check the name, your network, or HF_TOKEN") from None
+
+
+def load_config(ckpt_dir: str) -> Qwen2Config:
+    path = os.path.join(ckpt_dir, "config.json")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{ckpt_dir}: no config.json; a Hugging Face checkpoint directory has one")
+    with open(path) as f:
+        return Qwen2Config.from_hf(json.load(f))
+
+
+def safetensors_files(ckpt_dir: str) -> list[str]:
+    """model.safetensors, or the shards that model.safetensors.index.json lists."""
+    index = os.path.join(ckpt_dir, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index) as f:
+            names = sorted(set(json.load(f)["weight_map"].values()))
+        missing = [n for n in names if not os.path.isfile(os.path.join(ckpt_dir, n))]
+        if missing:
+            raise CheckpointError(f"{ckpt_dir}: the index lists shards that are not there: {', '.join(missing)}; "
+                                  "the download or copy is incomplete")
+        return [os.path.join(ckpt_dir, n) for n in names]
+    names = sorted(n for n in os.listdir(ckpt_dir) if n.endswith(".safetensors"))
+    if names:
+        return [os.path.join(ckpt_dir, n) for n in names]
+    pickles = sorted(n for n in os.listdir(ckpt_dir) if n.endswith(PICKLE_SUFFIXES))
+    if pickles:
+        raise CheckpointError(
+            f"{ckpt_dir}: only pickle weights ({', '.join(pickles)}), which are never loaded here because "
+            "unpickling can run arbitrary code; convert a checkpoint you trust with transformers: "
+            "AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(NEW_DIR, safe_serialization=True)")
+    raise CheckpointError(f"{ckpt_dir}: no *.safetensors weights found")
+
+
+def check_checkpoint(model: nn.Module, files: list[str]) -> dict[str, str]:
+    """Match checkpoint tensor names and shapes to the model before reading any data: {name: file}."""
+    from safetensors import safe_open
+
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    tied = model.config.tie_word_embeddings
+    found, wrong_shape, unexpected = {}, [], []
+    for file in files:
+        with safe_open(file, framework="pt") as f:
+            for name in f.keys():
+                if tied and name == "lm_head.weight":
+                    continue  # some tied checkpoints store the shared matrix twice; the embedding wins
+                shape = tuple(f.get_slice(name).get_shape())
+                if name not in expected:
+                    unexpected.append(name)
+                elif shape != expected[name]:
+                    wrong_shape.append(f"{name} {list(shape)} (model wants {list(expected[name])})")
+                else:
+                    found[name] = file
+    if tied:
+        expected.pop("lm_head.weight")
+    missing = sorted(set(expected) - set(found) - {n.split(" ")[0] for n in wrong_shape})
+    problems = []
+    for label, names in (("missing", missing), ("unexpected", unexpected), ("wrongly shaped", wrong_shape)):
+        if names:
+            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            problems.append(f"{len(names)} {label} tensors: {shown}")
+    if problems:
+        raise CheckpointError(f"checkpoint does not match its config.json: {'; '.join(problems)}")
+    return found
+
+
+def from_pretrained(path_or_repo_id: str, dtype=None, device=None) -> Qwen2:
+    """
+    Load a Hugging Face Qwen2/Qwen2.5 checkpoint. The model is built on the meta device (no memory),
+    given empty storage on `device`, and filled tensor by tensor from memory-mapped safetensors, so a
+    32B checkpoint needs little more RAM than its weights. dtype defaults to the checkpoint's.
+    """
+    from safetensors import safe_open
+
+    ckpt_dir = resolve_checkpoint(path_or_repo_id)
+    config = load_config(ckpt_dir)
+    dtype = dtype or getattr(torch, config.torch_dtype, torch.float32)
+    with torch.device("meta"):
+        model = Qwen2(config)
+    placement = check_checkpoint(model, safetensors_files(ckpt_dir))  # raises before any weight is read
+    model = model.to(dtype=dtype).to_empty(device=device or "cpu")
+    if config.tie_word_embeddings:  # to_empty() made two storages; share one again
+        model.lm_head.weight = model.model.embed_tokens.weight
+    params = model.state_dict()
+    for file in sorted(set(placement.values())):
+        with safe_open(file, framework="pt") as f:
+            for name in f.keys():
+                if name in placement:
+                    with torch.no_grad():
+                        params[name].copy_(f.get_tensor(name))
+    return model.eval()
+
+
+Qwen2.from_pretrained = staticmethod(from_pretrained)
+
+
+# -----------------------------------------------------------------------------
+# Saving: the Hugging Face layout, written atomically
+
+
+def _parse_size(size) -> int:
+    if isinstance(size, int):
+        return size
+    units = {"KB": 10**3, "MB": 10**6, "GB": 10**9}
+    return int(float(size[:-2]) * units[size[-2:].upper()])
+
+
+def _atomic_write(path: str, write):
+    """Write to a temporary file beside `path`, then rename: a crash never leaves half a file."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def save_hf_checkpoint(state_dict: dict, config: Qwen2Config, out_dir: str, max_shard_size="5GB"):
+    """
+    Write `state_dict` as config.json + safetensors (sharded with an index above max_shard_size), the
+    layout transformers.AutoModelForCausalLM and from_pretrained() load. The trainer calls this with
+    the full state dict gathered from FSDP; save_pretrained() with the model's own.
+    """
+    from safetensors.torch import save_file
+
+    os.makedirs(out_dir, exist_ok=True)
+    if config.tie_word_embeddings:
+        state_dict = {k: v for k, v in state_dict.items() if k != "lm_head.weight"}
+    dtype_name = str(next(iter(state_dict.values())).dtype).replace("torch.", "")
+    limit = _parse_size(max_shard_size)
+    shards, size = [[]], 0
+    for name, t in state_dict.items():
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and size + nbytes > limit:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += nbytes
+    # Remove weights of an earlier save that this one would not overwrite (a different shard count).
+    for old in os.listdir(out_dir):
+        if old.endswith(".safetensors") or old == "model.safetensors.index.json":
+            os.unlink(os.path.join(out_dir, old))
+    weight_map = {}
+    for i, names in enumerate(shards):
+        fname = "model.safetensors" if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        tensors = {n: state_dict[n].detach().contiguous().cpu() for n in names}
+        _atomic_write(os.path.join(out_dir, fname), lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+        weight_map.update({n: fname for n in names})
+    if len(shards) > 1:
+        total = sum(t.numel() * t.element_size() for t in state_dict.values())
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        _atomic_write(os.path.join(out_dir, "model.safetensors.index.json"), lambda p: _dump_json(index, p))
+    hf_config = dict(config.to_hf(), torch_dtype=dtype_name)
+    _atomic_write(os.path.join(out_dir, "config.json"), lambda p: _dump_json(hf_config, p))
+
+
+def _dump_json(obj, path):
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+
+
+def save_pretrained(self: Qwen2, out_dir: str, max_shard_size="5GB"):
+    save_hf_checkpoint(self.state_dict(), self.config, out_dir, max_shard_size)
+
+
+Qwen2.save_pretrained = save_pretrained
+
+
+def num_params(model: nn.Module) -> int:
+    """Unique parameters (a tied head is counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2 or sys.argv[1].startswith("-"):
+        print("usage: python model.py PATH_OR_HUB_ID", file=sys.stderr)
+        sys.exit(2)
+    try:
+        m = from_pretrained(sys.argv[1])
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    c = m.config
+    print(f"Qwen2 {num_params(m) / 1e9:.3f}B params, {c.num_hidden_layers} layers, hidden {c.hidden_size}, "
+          f"heads {c.num_attention_heads}/{c.num_key_value_heads} kv, head_dim {c.head_dim}, vocab {c.vocab_size}, "
+          f"tied={c.tie_word_embeddings}, eps={c.rms_norm_eps}, theta={c.rope_theta:g}, dtype={c.torch_dtype}")
