@@ -1,0 +1,53 @@
+"""Shared test helpers: tiny random Qwen2 checkpoints made with transformers, and the real data in ../shared."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+# The project's real data (Qwen2.5 tokenizer, MATH500, AIME, s1K questions) sits beside the clone in
+# ../shared/data on the team's machines; a user's clone has none, and the tests that need it skip.
+SHARED_DATA = Path(os.environ.get("S1_SHARED_DATA", ROOT.parent / "shared" / "data"))
+QWEN_TOKENIZER = SHARED_DATA / "qwen2.5-tokenizer"
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def tiny_hf_config(vocab_size=128, hidden_size=64, num_heads=4, num_kv_heads=2, num_layers=2,
+                   intermediate_size=96, tie=True, **kw):
+    from transformers import Qwen2Config
+    return Qwen2Config(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
+                       num_hidden_layers=num_layers, num_attention_heads=num_heads,
+                       num_key_value_heads=num_kv_heads, tie_word_embeddings=tie, rope_theta=1e6,
+                       rms_norm_eps=1e-6, max_position_embeddings=512, **kw)
+
+
+def make_tiny_checkpoint(path, seed=0, **kw):
+    """Save a random transformers Qwen2ForCausalLM in HF format; returns (path, the HF model)."""
+    from transformers import Qwen2ForCausalLM
+    torch.manual_seed(seed)
+    ref = Qwen2ForCausalLM(tiny_hf_config(**kw)).eval()
+    # transformers' default init leaves the logits nearly flat; wider weights make argmax decisive
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.normal_(0, 0.2 if p.dim() > 1 else 0.05)
+    ref.save_pretrained(path)
+    return str(path), ref
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path):
+    return make_tiny_checkpoint(tmp_path / "tiny")
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer():
+    if not (QWEN_TOKENIZER / "tokenizer.json").is_file():
+        pytest.skip("needs ../shared/data/qwen2.5-tokenizer (the team's shared data)")
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(str(QWEN_TOKENIZER))
