@@ -260,9 +260,11 @@ class Qwen2(nn.Module):
             layer.self_attn.kv_cache = None
 
     def forward(self, idx, targets=None, input_pos=None, position_ids=None, mask=None,
-                loss_reduction="mean", loss_chunk=1024):
+                loss_reduction="mean", loss_chunk=1024, last_only=False):
         """
         idx: (B, T) token ids. Returns logits (B, T, vocab) or, with `targets`, the cross-entropy loss.
+        `last_only` returns the last position's logits only, (B, 1, vocab): all a sampler needs after
+        a prefill, without the (B, T, vocab) tensor (16 prompts of 1000 tokens would make ~10 GB of it).
 
         With a KV cache (setup_cache): `input_pos` (T,) are the cache slots being written and
         `mask` (B or 1, 1, T, S) says which of the first S cache slots each query may see (True =
@@ -291,7 +293,7 @@ class Qwen2(nn.Module):
         x = self.model.norm(x)
 
         if targets is None:
-            return self.lm_head(x)
+            return self.lm_head(x[:, -1:] if last_only else x)
         return chunked_cross_entropy(self.lm_head, x, targets, loss_reduction, loss_chunk)
 
 
