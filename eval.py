@@ -29,19 +29,17 @@ import random
 import re
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from functools import lru_cache
 from itertools import product
-from pathlib import Path
 
 # -----------------------------------------------------------------------------
 # Defaults (s1's evaluation: greedy decoding, at most 32768 new tokens in all)
 
 DEFAULTS = dict(
     tasks="aime24,aime25,math500,gpqa_diamond",
-    model="out/s1",           # train.py's output; a hub id such as simplescaling/s1.1-32B works too
+    model="out/tiny",         # sample.py's default (the README's first run); or out/s1, simplescaling/s1.1-32B
     data_dir=None,            # None: ./data/<file> when it is there, else the hub
     out="out/eval",
     max_thinking_tokens=None,  # None (no cap), an int, or "auto" (whatever the context leaves)
@@ -346,8 +344,7 @@ def sweep_settings(args):
 
 def atomic_write(path, write):
     """write(tmp_path) into a temporary file next to path, then rename it over path in one step."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-", suffix=Path(path).suffix)
-    os.close(fd)
+    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.getpid()}-{os.path.basename(path)}")
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -424,10 +421,14 @@ def plot(results, path):
         return
     fig, axes = plt.subplots(1, len(results), figsize=(4 * len(results), 3.5), squeeze=False)
     for ax, (name, r) in zip(axes[0], results.items()):
-        pts = sorted((p["thinking_tokens_mean"], p["accuracy"], k) for k, p in r["settings"].items() if p["n"])
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-")
-        for x, y, k in pts:
-            ax.annotate(k.replace(",", "\n"), (x, y), fontsize=6, textcoords="offset points", xytext=(3, 3))
+        labels = {}  # settings that land on the same point share one label
+        for k, p in r["settings"].items():
+            if p["n"]:
+                labels.setdefault((p["thinking_tokens_mean"], p["accuracy"]), []).append(k)
+        pts = sorted(labels)
+        ax.plot([x for x, _ in pts], [y for _, y in pts], "o-")
+        for (x, y), ks in labels.items():
+            ax.annotate("\n".join(ks), (x, y), fontsize=6, textcoords="offset points", xytext=(3, 3))
         if pts and min(p[0] for p in pts) > 0:
             ax.set_xscale("log", base=2)
         ax.set(title=name, xlabel="average thinking tokens", ylabel="accuracy (%)")
@@ -437,15 +438,16 @@ def plot(results, path):
 
 
 def print_table(results):
-    print(f"{'task':<14} {'setting':<22} {'acc%':>6} {'n':>5} {'think mean':>10} {'median':>7} {'hit cap':>7} "
+    w = max(12, *map(len, results))
+    print(f"{'task':<{w}} {'setting':<22} {'acc%':>6} {'n':>5} {'think mean':>10} {'median':>7} {'hit cap':>7} "
           f"{'no ans':>6}")
     for name, r in results.items():
         for key, p in r["settings"].items():
             if p["n"]:
-                print(f"{name:<14} {key:<22} {p['accuracy']:6.1f} {p['n']:5d} {p['thinking_tokens_mean']:10.1f} "
+                print(f"{name:<{w}} {key:<22} {p['accuracy']:6.1f} {p['n']:5d} {p['thinking_tokens_mean']:10.1f} "
                       f"{p['thinking_tokens_median']:7.0f} {p['hit_budget']:7d} {p['no_answer']:6d}")
         fmt = lambda v: "n/a" if v is None else f"{v:.1f}"  # noqa: E731
-        print(f"{name:<14} Control {fmt(r['control'])}%  Scaling {fmt(r['scaling'])} per 1k tokens "
+        print(f"{name:<{w}} Control {fmt(r['control'])}%  Scaling {fmt(r['scaling'])} per 1k tokens "
               f"({fmt(r['scaling_per_doubling'])} per doubling)  Performance {fmt(r['performance'])}%")
 
 
@@ -466,10 +468,15 @@ def evaluate(args):
 
     config = {k: getattr(args, k) for k in ("model", "tasks", "data_dir", "max_new_tokens", "wait_str",
                                             "temperature", "seed", "batch_size", "limit", "dtype")}
-    os.makedirs(args.out, exist_ok=True)
     check_out_dir(args.out, config)
     samples_path, results_path = os.path.join(args.out, "samples.jsonl"), os.path.join(args.out, "results.json")
     done = read_samples(samples_path)
+    todo = {(name, s): [r for r in rows if (name, setting_name(*s), r["id"]) not in done]
+            for s in settings for name, (rows, _) in tasks.items()}
+    n_todo = sum(map(len, todo.values()))
+    print(f"{len(tasks)} task(s) x {len(settings)} setting(s): {n_todo} samples to generate, "
+          f"{sum(len(rows) for rows, _ in tasks.values()) * len(settings) - n_todo} already in {samples_path}")
+    model = load_model(args) if n_todo else None  # a bad --model fails before anything is written
 
     def save(complete):
         results = summarize(tasks, settings, done)
@@ -478,14 +485,10 @@ def evaluate(args):
         write_text(results_path, json.dumps(payload, indent=2) + "\n")
         return results
 
-    todo = {(name, s): [r for r in rows if (name, setting_name(*s), r["id"]) not in done]
-            for s in settings for name, (rows, _) in tasks.items()}
-    n_todo = sum(map(len, todo.values()))
-    print(f"{len(tasks)} task(s) x {len(settings)} setting(s): {n_todo} samples to generate, "
-          f"{sum(len(rows) for rows, _ in tasks.values()) * len(settings) - n_todo} already in {samples_path}")
+    os.makedirs(args.out, exist_ok=True)
     save(complete=False)
     if n_todo:
-        generate_all(args, tasks, settings, todo, done, samples_path, save)
+        generate_all(args, model, tasks, settings, todo, done, samples_path, save)
     results = save(complete=True)
     print_table(results)
     plot(results, os.path.join(args.out, "scaling.png"))
@@ -493,15 +496,21 @@ def evaluate(args):
     return results
 
 
-def generate_all(args, tasks, settings, todo, done, samples_path, save):
+def load_model(args):
+    import sample
+    try:
+        return sample.load_model(args.model, device=args.device, dtype=args.dtype)
+    except (ValueError, OSError, AttributeError) as e:  # CheckpointError is a ValueError; a bad --dtype
+        raise BadInput(f"--model {args.model}: {e}") from None
+
+
+def generate_all(args, model, tasks, settings, todo, done, samples_path, save):
+    """Generate and grade every pending sample, appending each batch to samples.jsonl as it finishes."""
     import torch
     from tqdm import tqdm
 
     import sample
-    try:
-        model, tokenizer = sample.load_model(args.model, device=args.device, dtype=args.dtype)
-    except (ValueError, OSError) as e:  # CheckpointError is a ValueError
-        raise BadInput(f"--model {args.model}: {e}") from None
+    model, tokenizer = model
     with open(samples_path, "a", encoding="utf-8") as out:
         for budget, wait in settings:
             key = setting_name(budget, wait)
@@ -520,6 +529,8 @@ def generate_all(args, tasks, settings, todo, done, samples_path, save):
                             model, tokenizer, [r["problem"] for r in batch], max_new_tokens=args.max_new_tokens,
                             max_thinking_tokens=budget, wait=wait, wait_str=args.wait_str,
                             temperature=args.temperature, seed=args.seed, compile=args.compile)
+                    except sample.InputError as e:
+                        raise BadInput(f"{name}: {e}") from None
                     except torch.OutOfMemoryError:
                         raise BadInput(f"out of memory with --batch-size {args.batch_size}; lower it or "
                                        "--max-new-tokens (finished samples are kept)") from None

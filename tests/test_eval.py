@@ -228,3 +228,171 @@ def test_bad_input(argv, words, tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1 and words in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "o").exists()  # nothing half-written
+
+
+# -----------------------------------------------------------------------------
+# End to end: a tiny random model with a tiny byte-level tokenizer, a few problems of every task
+
+def tiny_tokenizer(path):
+    """256 byte tokens and Qwen's three special tokens, with a Qwen-style chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   additional_special_tokens=["<|im_start|>"])
+    fast.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    fast.save_pretrained(path)
+    return fast
+
+
+def write_data(root):
+    """The layout of ../shared/data (and GPQA's csv), with short problems; the AIME rows carry the
+    control-character artefacts of the real files."""
+    files = {
+        "aime24/aime24_nofigures.jsonl": [dict(id=60, problem="Find $2+3$.", answer="005"),
+                                          dict(id=71, problem="Find $\binom{4}{2}$.", answer="006")],
+        "aime25/aime25_nofigures.jsonl": [dict(id="0", problem="Find $\frac{70}{1}$.", answer=70),
+                                          dict(id="19", problem="In $\triangle ABC$ find 7.", answer=7)],
+        "math500/test.jsonl": [dict(problem="Simplify $\\frac{2}{4}$.", answer="\\frac{1}{2}", unique_id="t/1.json"),
+                               dict(problem="Who wins?", answer="\\text{Evelyn}", unique_id="t/2.json")],
+        "extra.jsonl": [dict(problem="1+1?", answer="2"), dict(question="2+2?", answer=4)],
+    }
+    for name, rows in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "gpqa").mkdir()
+    (root / "gpqa/gpqa_diamond.csv").write_text(
+        "Question,Correct Answer,Incorrect Answer 1,Incorrect Answer 2,Incorrect Answer 3,Record ID\n"
+        '"What is 1+1?",2,3,4,5,rec1\n"Pick, the ""red"" one",red,blue,green,black,rec2\n')
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_end_to_end_then_resume(tmp_path, monkeypatch, capsys):
+    from conftest import make_tiny_checkpoint
+    import sample
+
+    ckpt, _ = make_tiny_checkpoint(tmp_path / "ckpt", vocab_size=264, hidden_size=32, num_heads=2,
+                                   num_kv_heads=1, intermediate_size=48)
+    tiny_tokenizer(ckpt)
+    data = tmp_path / "data"
+    write_data(data)
+    out = tmp_path / "out"
+    tasks = f"aime24,aime25,math500,gpqa_diamond,{data / 'extra.jsonl'}"
+    argv = ["--model", ckpt, "--data-dir", str(data), "--tasks", tasks, "--out", str(out), "--budgets", "4,none",
+            "--wait", "1", "--max-new-tokens", "32", "--batch-size", "3", "--device", "cpu"]
+    ev.main(argv)
+
+    assert {p.name for p in out.iterdir()} == {"results.json", "samples.jsonl", "scaling.png"}
+    samples = read_jsonl(out / "samples.jsonl")
+    names = tasks.split(",")
+    settings = ["budget=4,wait=1", "budget=none,wait=1"]
+    assert sorted((s["task"], s["setting"]) for s in samples) == sorted(
+        (t, k) for t in names for k in settings for _ in range(2))
+    assert len({(s["task"], s["setting"], s["id"]) for s in samples}) == len(samples) == 20
+    for s in samples:
+        assert s["correct"] == ev.grade(s["response"], s["gold"], "math" if s["task"].endswith(".jsonl") else s["task"])
+        assert s["prompt"].endswith("<|im_start|>think") and "<|im_start|>user\n" in s["prompt"]
+        assert not any(c in s["prompt"] for c in "\b\f\t")  # the AIME artefacts were mapped back
+        if s["budget"] == 4:
+            assert s["thinking_tokens"] <= 4 and s["forced_answer"]  # the random model never stops by itself
+            assert "<|im_start|>answer\nFinal Answer:" in s["response"]
+        else:
+            assert not s["forced_answer"] and s["finish_reason"] == "length"
+    by_id = {(s["task"], s["id"]): s for s in samples}
+    assert "\\binom{4}{2}" in by_id[("aime24", "71")]["prompt"] and by_id[("aime24", "71")]["gold"] == "6"
+    assert "\\triangle ABC" in by_id[("aime25", "19")]["prompt"]
+    gpqa = by_id[("gpqa_diamond", "rec2")]
+    assert re.search(rf"\n{gpqa['gold']}\) red(\n|<)", gpqa["prompt"])
+    assert all(s["extracted"] in (None, *"ABCD") for s in samples if s["task"] == "gpqa_diamond")
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["complete"] and results["settings"] == settings
+    for name in names:
+        r = results["tasks"][name]
+        for key in settings:
+            mine = [s for s in samples if s["task"] == name and s["setting"] == key]
+            p = r["settings"][key]
+            assert p["n"] == 2 and p["correct"] == sum(s["correct"] for s in mine)
+            assert p["thinking_tokens_mean"] == pytest.approx(sum(s["thinking_tokens"] for s in mine) / 2)
+            assert p["hit_budget"] == (2 if key.startswith("budget=4") else 0)
+        assert r["control"] == 100.0
+        assert r["performance"] == max(p["accuracy"] for p in r["settings"].values())
+    assert "Control 100.0%" in capsys.readouterr().out
+
+    # rerun: everything is done, so the model is never even loaded and nothing changes
+    before = (out / "samples.jsonl").read_bytes()
+    monkeypatch.setattr(sample, "load_model", lambda *a, **k: pytest.fail("a finished run loaded the model"))
+    ev.main(argv)
+    assert (out / "samples.jsonl").read_bytes() == before
+    assert "0 samples to generate" in capsys.readouterr().out
+    monkeypatch.undo()
+
+    # a crash: the last batch lost and half a line written; the rerun makes exactly those again
+    lines = before.decode().splitlines(keepends=True)
+    (out / "samples.jsonl").write_text("".join(lines[:-3]) + lines[-1][:40])
+    ev.main(argv)
+    assert "3 samples to generate" in capsys.readouterr().out
+    again = read_jsonl(out / "samples.jsonl")
+    assert len(again) == 20 and [s["id"] for s in again] == [s["id"] for s in samples]
+
+    # the same directory with different generation settings would mix two runs: refused
+    with pytest.raises(SystemExit) as e:
+        ev.main(argv + ["--temperature", "0.7"])
+    assert e.value.code == 2 and "different run" in capsys.readouterr().err
+
+
+def test_sweep_bookkeeping_with_a_scripted_generator(tmp_path, monkeypatch, capsys):
+    """generate() replaced by a script whose answers are right exactly when the budget lets problem i think
+    its 10*(i+1) tokens, so every number in results.json is known in advance."""
+    import sample
+
+    calls = []
+
+    def fake_generate(model, tokenizer, prompts, *, max_thinking_tokens=None, **kw):
+        calls.append((len(prompts), max_thinking_tokens, kw))
+        gens = []
+        for q in prompts:
+            i = int(q[1:])
+            needs = 10 * (i + 1)
+            forced = max_thinking_tokens is not None and needs > max_thinking_tokens
+            thinking = max_thinking_tokens if forced else needs
+            answer = "\nFinal Answer:" if forced else f"\nAnswer: \\boxed{{{i}}}"
+            text = "t" * thinking + "<|im_start|>answer" + answer
+            gens.append(sample.Generation(prompt=q, text=text, thinking="t" * thinking, answer=answer,
+                                          token_ids=[0] * len(text), forced=[False] * len(text),
+                                          thinking_tokens=thinking, waits=kw["wait"], forced_answer=forced,
+                                          finish_reason="stop"))
+        return gens
+
+    monkeypatch.setattr(sample, "load_model", lambda *a, **k: (None, None))
+    monkeypatch.setattr(sample, "generate", fake_generate)
+    problems = tmp_path / "p.jsonl"
+    problems.write_text("".join(json.dumps(dict(id=f"q{i}", problem=f"p{i}", answer=i)) + "\n" for i in range(4)))
+    out = tmp_path / "out"
+    ev.main(["--tasks", str(problems), "--out", str(out), "--budgets", "15,25,none", "--wait", "2",
+             "--batch-size", "3", "--wait-str", "Hmm", "--max-new-tokens", "99"])
+
+    assert [c[:2] for c in calls] == [(3, 15), (1, 15), (3, 25), (1, 25), (3, None), (1, None)]
+    assert all(c[2]["wait"] == 2 and c[2]["wait_str"] == "Hmm" and c[2]["max_new_tokens"] == 99
+               and c[2]["temperature"] == 0.0 for c in calls)
+    r = json.loads((out / "results.json").read_text())["tasks"][str(problems)]
+    s = r["settings"]
+    # thinking per problem: budget 15 -> 10,15,15,15; 25 -> 10,20,25,25; none -> 10,20,30,40
+    assert [s[k]["accuracy"] for k in s] == [25.0, 50.0, 100.0]
+    assert [s[k]["thinking_tokens_mean"] for k in s] == [13.75, 20.0, 25.0]
+    assert [s[k]["thinking_tokens_median"] for k in s] == [15.0, 22.5, 25.0]
+    assert [s[k]["hit_budget"] for k in s] == [3, 2, 0] and [s[k]["no_answer"] for k in s] == [3, 2, 0]
+    slopes = [25 / 6.25, 75 / 11.25, 50 / 5.0]  # accuracy points per thinking token, the three pairs
+    assert r["scaling"] == pytest.approx(1000 * sum(slopes) / 3)
+    assert (r["control"], r["performance"]) == (100.0, 100.0)
+    samples = read_jsonl(out / "samples.jsonl")
+    assert [(x["id"], x["correct"], x["extracted"]) for x in samples[:4]] == [
+        ("q0", True, "0"), ("q1", False, None), ("q2", False, None), ("q3", False, None)]
+    assert "Performance 100.0%" in capsys.readouterr().out
