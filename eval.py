@@ -123,13 +123,11 @@ TASKS = {
 
 
 def read_records(path):
-    """A local .jsonl, .json (a list) or .csv file as a list of dicts."""
+    """A local .jsonl or .csv file as a list of dicts."""
     try:
         with open(path, newline="", encoding="utf-8") as f:
             if path.endswith(".csv"):
                 return list(csv.DictReader(f))
-            if path.endswith(".json"):
-                return json.load(f)
             return [json.loads(line) for line in f if line.strip()]
     except (OSError, ValueError, UnicodeDecodeError) as e:
         raise BadInput(f"{path}: cannot read it ({type(e).__name__}: {e})") from None
@@ -224,7 +222,8 @@ def choice_letter(extracted):
     """The A-D letter an answer picks: the whole answer, then "(B)" / "B)", then any lone capital A-D."""
     text = re.sub(r"\\(?:text|textbf|mathrm|mathbf)\{([^{}]*)\}", r"\1", extracted)
     text = re.sub(r"[$*]", "", text).strip()
-    for pattern in (r"^\(?([A-D])\)?[.:]?$", r"\(([A-D])\)", r"(?<![A-Za-z])([A-D])\)", r"(?<![A-Za-z])([A-D])(?![A-Za-z])"):
+    for pattern in (r"^\(?([A-D])\)?[.:]?$", r"\(([A-D])\)", r"(?<![A-Za-z])([A-D])\)",
+                    r"(?<![A-Za-z])([A-D])(?![A-Za-z])"):
         m = re.search(pattern, text)
         if m:
             return m.group(1)
@@ -321,10 +320,7 @@ def parse_list(text, parse_one, flag, example):
     items = str(text).split(",")
     if not all(x.strip() for x in items):
         raise BadInput(f"{flag} {text!r}: an empty item; give comma-separated values such as {example}")
-    values = [parse_one(x) for x in items]
-    if len(set(values)) != len(values):
-        raise BadInput(f"{flag} {text!r}: a value is repeated")
-    return values
+    return list(dict.fromkeys(parse_one(x) for x in items))  # a repeated value runs once
 
 
 def setting_name(budget, wait):
@@ -464,6 +460,8 @@ def evaluate(args):
     tasks = {}  # every task is loaded before the model, so a missing file fails in seconds, not hours
     for name in names:
         rows, grader = load_task(name, args.data_dir)
+        if len({r["id"] for r in rows}) != len(rows):
+            raise BadInput(f"{name}: two rows share an id; samples.jsonl is keyed by it, so give each row its own")
         tasks[name] = (rows[:args.limit] if args.limit else rows, grader)
 
     config = {k: getattr(args, k) for k in ("model", "tasks", "data_dir", "max_new_tokens", "wait_str",
@@ -574,7 +572,8 @@ def parse_args(argv=None):
     p.add_argument("--model", default=d["model"], help="checkpoint directory or hub id (default %(default)s)")
     p.add_argument("--data-dir", default=d["data_dir"], help="local data files, laid out as ../shared/data "
                    f"(default: ./{LOCAL_DATA_DIR}/ when the file is there, else the hub)")
-    p.add_argument("--out", default=d["out"], help="output directory; a rerun skips finished samples (default %(default)s)")
+    p.add_argument("--out", default=d["out"], help="output directory; a rerun skips finished samples "
+                   "(default %(default)s)")
     p.add_argument("--max-thinking-tokens", default=d["max_thinking_tokens"],
                    help="thinking budget: an int, auto or none (default: none)")
     p.add_argument("--wait", default=d["wait"], help="how many times to replace the end of thinking by "
