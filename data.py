@@ -53,6 +53,8 @@ def load_rows(source: str, split: str = "train"):
         if os.path.isfile(source):
             if ext not in kinds:
                 raise DataError(f"{source}: unknown file type {ext!r}; give a .jsonl, .json or .parquet file")
+            if os.path.getsize(source) == 0:
+                raise DataError(f"{source}: the dataset is empty; it needs at least one example")
             rows = datasets.load_dataset(kinds[ext], data_files=source, split="train")
         elif os.path.exists(source) or ext in kinds:
             raise DataError(f"{source}: no such file; give a .jsonl/.json/.parquet file or a hub id")

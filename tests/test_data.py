@@ -194,7 +194,7 @@ def test_bad_data_errors(byte_tokenizer, tmp_path):
     with pytest.raises(DataError, match=r"s\.jsonl: no column 'deepseek_attempt'"):
         build_examples(load_rows(path), byte_tokenizer, source=path)
     (tmp_path / "empty.jsonl").write_text("")
-    with pytest.raises(DataError, match="empty"):
+    with pytest.raises(DataError, match="empty.jsonl: the dataset is empty"):
         load_rows(str(tmp_path / "empty.jsonl"))
     with pytest.raises(DataError, match="no such file"):
         load_rows(str(tmp_path / "missing.jsonl"))
