@@ -212,7 +212,7 @@ def decode(model, prompts: list[list[int]], rows: list[Row], forcing: Forcing = 
     pad = torch.tensor([P - len(p) for p in prompts], device=device)  # (B,)
     idx = torch.tensor([[0] * (P - len(p)) + p for p in prompts], device=device)  # (B, P)
     slots = torch.arange(S, device=device)
-    live = slots[None, :] >= pad[:, None]  # (B, S) cache slots a row may attend to: not its padding
+    live = (slots[None, :] >= pad[:, None]) & (slots < P)  # (B, S) slots a row may attend to: its prompt so far
 
     # Prefill: the whole prompt at once. Padding queries see only themselves, so no softmax row is empty.
     causal = slots[:P, None] >= slots[None, :P]  # (P, P)

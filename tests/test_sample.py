@@ -174,6 +174,18 @@ def test_rows_that_stop_early_leave_the_batch_and_the_rest_stay_right(tiny_pair)
     assert our_generate(model, prompts, 16, eos=eos) == expected
 
 
+def test_static_shape_path_of_compile_matches_transformers(tiny_pair, monkeypatch):
+    # --compile attends over the whole preallocated cache with a mask (static shapes for CUDA graphs);
+    # run that path eagerly here (compiling takes minutes on CPU) and check it against the reference.
+    model, ref = tiny_pair
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)
+    prompts = [[5, 6, 7, 8, 9, 10, 11], [3, 4], [100, 2, 50, 60], [9]]
+    eos = reference_generate(ref, prompts, 16)[1][2]
+    rows = [sample.Row(max_new=16) for _ in prompts]
+    list(sample.decode(model, prompts, rows, sample.Forcing(stop={eos}), compile=True))
+    assert [r.tokens for r in rows] == reference_generate(ref, prompts, 16, eos=eos)
+
+
 def test_finished_rows_stop_costing_compute(tok):
     # row 0 stops after two answer tokens, row 1 runs on: the model must then see a batch of one
     gens, _, model = run(tok, ["q0", "q1"], [ids("a") + [IM_END], ids("bcdefgh")], raw=True, max_new_tokens=6)
