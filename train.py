@@ -33,7 +33,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from data import IGNORE, DataError, collate, describe_truncation, global_batch_ids, load_sft_data, \
+from data import IGNORE, DataError, collate, describe_truncation, epoch_order, global_batch_ids, load_sft_data, \
     rank_micro_batches, steps_per_epoch
 from model import CheckpointError, Qwen2, Qwen2Config, check_checkpoint, load_config, num_params, \
     resolve_checkpoint, safetensors_files, save_hf_checkpoint
@@ -341,14 +341,27 @@ def train(args):
                                {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
                               lr=args.lr, betas=(args.beta1, args.beta2), eps=1e-8)
 
+    def own_state(step):
+        """What DCP does not hold: where we are, what decides the data order and the schedule, the RNG."""
+        order = epoch_order(n, min(step, total_steps - 1) // steps_per_epoch(n, G), args.seed)
+        s = dict(step=step, seed=args.seed, n_examples=n, global_batch=G, total_steps=total_steps, warmup=warmup,
+                 data_order=torch.tensor(order), rng_cpu=torch.get_rng_state())
+        if device.type == "cuda":
+            s["rng_cuda"] = torch.cuda.get_rng_state()
+        return s
+
     start = 0
     if resume_from:
         own = load_checkpoint(model, optim, resume_from, rank)
-        same = dict(seed=args.seed, n_examples=n, global_batch=G)
-        differs = [k for k, v in same.items() if int(own[k]) != v]
+        now = own_state(int(own["step"]))
+        differs = [k for k in ("seed", "n_examples", "global_batch", "total_steps", "warmup") if int(own[k]) != now[k]]
         if differs:
-            raise TrainError(f"{resume_from} was trained with a different {', '.join(differs)} "
-                             f"({', '.join(f'{k}={int(own[k])}' for k in differs)}); resume with the same data and flags")
+            was = ", ".join(f"{k}={int(own[k])}" for k in differs)
+            raise TrainError(f"{resume_from} was trained with a different {', '.join(differs)} ({was}); "
+                             "resume with the same data and flags")
+        if not torch.equal(own["data_order"], now["data_order"]):
+            raise TrainError(f"{resume_from}: this dataset (or torch version) gives another data order; resume with "
+                             "the data and torch version of the interrupted run")
         start = int(own["step"])
         torch.set_rng_state(own["rng_cpu"])
         if device.type == "cuda" and "rng_cuda" in own:
@@ -387,12 +400,6 @@ def train(args):
                 print("warning: --wandb given but wandb is not installed; logging to log.jsonl only")
                 wandb = None
 
-    def own_state(step):
-        s = dict(step=step, seed=args.seed, n_examples=n, global_batch=G, rng_cpu=torch.get_rng_state())
-        if device.type == "cuda":
-            s["rng_cuda"] = torch.cuda.get_rng_state()
-        return s
-
     last_ckpt = resume_from
     model.train()
     # model(..., loss_reduction="none") returns a view of the per-token losses; FSDP2 warns in case it is
@@ -419,8 +426,9 @@ def train(args):
             # the gradient is then that of the mean over all G sequences.
             (per_seq.sum() / (accum * args.micro_batch)).backward()
             lengths = [len(examples[i][0]) - 1 for i in ids]
-            stats += torch.tensor([per_seq.detach().sum().item(), sum(lengths),
-                                   sum(training_flops(config, n_matmul, T) for T in lengths)], dtype=torch.float64, device=device)
+            stats[0] += per_seq.detach().sum()  # no host sync: read once per step, after the all-reduce
+            stats[1] += sum(lengths)
+            stats[2] += sum(training_flops(config, n_matmul, T) for T in lengths)
         dist.all_reduce(stats)
         loss = stats[0].item() / G
         grad_norm = clip_grad_norm(params, args.grad_clip).item()
@@ -436,8 +444,9 @@ def train(args):
         else:
             import resource
             mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KB -> GB (peak RSS)
+        tokens = int(stats[1])
         rec = dict(step=step + 1, epoch=step // steps_per_epoch(n, G), loss=loss, lr=lr, grad_norm=grad_norm,
-                   tokens=int(stats[1]), tokens_per_s=stats[1].item() / dt, tokens_per_s_per_process=stats[1].item() / dt / world,
+                   tokens=tokens, tokens_per_s=tokens / dt, tokens_per_s_per_process=tokens / dt / world,
                    mfu=stats[2].item() / dt / (peak * world) if peak else None, peak_mem_gb=mem, time_s=dt)
         if master:
             with open(log_path, "a") as f:

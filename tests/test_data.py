@@ -44,7 +44,8 @@ def s1k_rows(n, seed=0):
     rows = []
     for _ in range(n):
         a, b = rng.randint(10, 99), rng.randint(10, 99)
-        rows.append(dict(question=f"What is {a}+{b}?", thinking_trajectories=[f"{a}+{b}: {a + b}."] + ["Check."] * rng.randint(0, 6),
+        thinking = [f"{a}+{b}: {a + b}."] + ["Check."] * rng.randint(0, 6)
+        rows.append(dict(question=f"What is {a}+{b}?", thinking_trajectories=thinking,
                          attempt=f"{a + b}" if rng.random() < 0.5 else f"Answer: {a + b}"))
     return rows
 
@@ -74,10 +75,9 @@ def test_format_matches_real_chat_template(qwen_tokenizer):
                 + "<|im_end|>\n")
         assert full == want
         # the reference: the real template applied to the s1 assistant string
+        s1_assistant = "<|im_start|>think\n" + joined.strip() + "\n<|im_start|>answer\n" + answer
         ref = qwen_tokenizer.apply_chat_template(
-            [{"role": "user", "content": q},
-             {"role": "assistant", "content": "<|im_start|>think\n" + joined.strip() + "\n<|im_start|>answer\n" + answer}],
-            tokenize=False)
+            [{"role": "user", "content": q}, {"role": "assistant", "content": s1_assistant}], tokenize=False)
         assert full == ref and prompt == want[:want.index(ASSISTANT_HEADER) + len(ASSISTANT_HEADER)]
 
 

@@ -123,7 +123,8 @@ def test_loss_falls_from_scratch_and_export_loads_in_transformers(setup, tmp_pat
     assert rec["tokens"] > 0 and rec["tokens_per_s"] > 0 and rec["mfu"] is None and rec["peak_mem_gb"] > 0
 
     config = load_config(str(out))
-    assert (config.vocab_size, config.hidden_size, config.num_hidden_layers, config.intermediate_size) == (320, 64, 2, 128)
+    shape = (config.vocab_size, config.hidden_size, config.num_hidden_layers, config.intermediate_size)
+    assert shape == (320, 64, 2, 128)
     trained = dcp_model(str(out / "checkpoints" / "step_000008"), config)
     hf = AutoModelForCausalLM.from_pretrained(str(out)).eval()
     tok = AutoTokenizer.from_pretrained(str(out))
@@ -134,6 +135,32 @@ def test_loss_falls_from_scratch_and_export_loads_in_transformers(setup, tmp_pat
         assert Qwen2.from_pretrained(str(out))(ids).allclose(trained(ids), atol=1e-5)
     gen = json.loads((out / "generation_config.json").read_text())
     assert gen["eos_token_id"] == tok.convert_tokens_to_ids("<|im_end|>")
+
+
+def test_untied_head_in_bf16_mixed_precision(setup, tmp_path):
+    # The 7B-32B layout (a separate lm_head) and s1's bf16 compute with fp32 master weights and reductions.
+    from transformers import AutoModelForCausalLM
+    ckpt, _ = make_tiny_checkpoint(tmp_path / "untied", vocab_size=VOCAB, tie=False)
+    out = tmp_path / "bf16"
+    args = base_args(setup, out, "--dtype", "bfloat16", "--epochs", "1")
+    args[args.index("--model") + 1] = ckpt
+    train.main(args)
+    fp32 = tmp_path / "fp32"
+    args[args.index("--out-dir") + 1], args[args.index("--dtype") + 1] = str(fp32), "float32"
+    train.main(args)
+    for a, b in zip(log(fp32), log(out)):  # bf16 rounding only
+        assert abs(a["loss"] - b["loss"]) < 2e-2 and a["loss"] != b["loss"]
+    config = load_config(str(out))
+    assert config.torch_dtype == "bfloat16" and not config.tie_word_embeddings
+    master = dcp_model(str(out / "checkpoints" / "step_000002"), config)  # fp32 master weights
+    with torch.no_grad():
+        for p in master.parameters():
+            p.copy_(p.to(torch.bfloat16))  # what the export rounds them to
+    hf = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
+    assert not torch.equal(hf.lm_head.weight, hf.model.embed_tokens.weight)
+    x = torch.randint(0, 259, (1, 30))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(x).logits, master(x), atol=1e-4, rtol=1e-4)
 
 
 def test_lr_schedule_matches_transformers():
@@ -196,6 +223,10 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(setup, tmp_path, caps
     assert "step_000001" in err
     assert os.listdir(out / "checkpoints") == ["step_000001"] and len(log(out)) == 1
     assert not os.path.exists(out / "config.json")
+    # a resume must use the run's data and flags, or the loss curve would silently differ
+    same = ["--lr", "1e35", "--warmup-ratio", "0", "--resume"]
+    expect_error(base_args(setup, out, *same, "--seed", "7"), capsys, "different seed (seed=42)")
+    expect_error(base_args(setup, out, *same, "--epochs", "3"), capsys, "different total_steps (total_steps=4)")
 
 
 def test_error_is_one_line_without_traceback(setup, tmp_path):
