@@ -45,6 +45,7 @@ TEMPERATURE = 0.0  # 0 = greedy
 TOP_K = None
 TOP_P = 1.0
 BATCH_SIZE = 16  # prompts decoded together by the command line
+CACHE_ROUND = 1024  # --compile: cache lengths rounded up to a multiple of this, so batches share a graph
 
 THINK = "<|im_start|>think"  # ends the prompt: the model writes its thinking after it
 ANSWER = "<|im_start|>answer"  # forced when thinking ends
@@ -208,6 +209,8 @@ def decode(model, prompts: list[list[int]], rows: list[Row], forcing: Forcing = 
     device = next(model.parameters()).device
     B, P = len(prompts), max(len(p) for p in prompts)
     S = P + max(r.max_new for r in rows)  # cache slots: the longest prompt, then the longest generation
+    if compile:
+        S = -(-S // CACHE_ROUND) * CACHE_ROUND
     model.setup_cache(B, S)
     pad = torch.tensor([P - len(p) for p in prompts], device=device)  # (B,)
     idx = torch.tensor([[0] * (P - len(p)) + p for p in prompts], device=device)  # (B, P)
@@ -220,6 +223,9 @@ def decode(model, prompts: list[list[int]], rows: list[Row], forcing: Forcing = 
     position_ids = (slots[None, :P] - pad[:, None]).clamp(min=0)  # (B, P)
     logits = model(idx, input_pos=slots[:P], position_ids=position_ids, mask=mask[:, None], last_only=True)[:, -1]
 
+    # CUDA graphs replay the whole step, which removes the per-kernel launch cost that dominates batch 1
+    # on a GPU. Each new batch size (rows leaving) or cache length compiles again; past torch's limit
+    # (torch._dynamo.config.cache_size_limit) it runs eagerly, which is slower but still right.
     step = torch.compile(decode_step, mode="reduce-overhead", fullgraph=True) if compile else decode_step
     alive = list(range(B))  # original row index of each batch row
     try:
@@ -245,8 +251,8 @@ def decode(model, prompts: list[list[int]], rows: list[Row], forcing: Forcing = 
                 live, pad = live[keep_t], pad[keep_t]
                 alive, fed = [alive[i] for i in keep], [fed[i] for i in keep]
             live[:, t] = True
-            # A compiled step sees the whole cache (static shapes, so CUDA graphs can replay it);
-            # eager attention stops at the last written slot.
+            # Eager attention stops at the last written slot. A compiled step attends to the whole cache
+            # (masked beyond t), as gpt-fast does: static shapes, so one CUDA graph serves every step.
             mask = live[:, None, None, :] if compile else live[:, None, None, : t + 1]  # (B, 1, 1, S or t+1)
             idx = torch.tensor(fed, device=device)[:, None]  # (B, 1)
             logits = step(model, idx, slots[t:t + 1], (t - pad)[:, None], mask)
