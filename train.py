@@ -7,7 +7,7 @@ checkpoints (torch.distributed.checkpoint) and the Hugging Face export, then the
 
     torchrun --nproc_per_node 8 train.py      # s1-32B on one 8-GPU node (s1's defaults, no flags)
     bash torchrun.sh                          # 2 nodes x 8 GPUs, as s1 did; SLURM too
-    python train.py --tiny                    # the tiny CPU run (data from `python data.py tiny`)
+    python train.py --tiny                    # the tiny CPU run (its data and tokenizer come from data.py)
 
 Loss as s1: each sequence's loss is the mean over its trained tokens; a step averages the 16 sequences
 of the global batch, whatever their lengths. Sequences are not packed. What it leaves out: tensor,
