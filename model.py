@@ -457,6 +457,7 @@ def _atomic_write(path: str, write):
     """Write to a temporary file beside `path`, then rename: a crash never leaves half a file."""
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
     os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp makes the file private to its owner; a checkpoint is for sharing
     try:
         write(tmp)
         os.replace(tmp, path)
