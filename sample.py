@@ -315,6 +315,19 @@ def check_settings(max_new_tokens, max_thinking_tokens, wait, wait_str, temperat
         raise InputError(f"top-p must be in (0, 1], not {top_p!r}")
 
 
+def tokenize_prompts(model, tokenizer, prompts: list[str], raw=False) -> tuple[list[str], list[list[int]]]:
+    """The prompt texts and their token ids; an empty prompt or one that fills the context is refused."""
+    texts = [build_prompt(tokenizer, q, raw) for q in prompts]
+    ids = [tokenizer.encode(t, add_special_tokens=False) for t in texts]
+    context = model.config.max_position_embeddings
+    for i, (q, p) in enumerate(zip(prompts, ids)):
+        if not q.strip():
+            raise InputError(f"prompt {i + 1} is empty; give a question")
+        if len(p) >= context:
+            raise InputError(f"prompt {i + 1} is {len(p)} tokens but the model's context is {context}; shorten it")
+    return texts, ids
+
+
 def generate(model, tokenizer, prompts: list[str], *, max_new_tokens=MAX_NEW_TOKENS,
              max_thinking_tokens=MAX_THINKING_TOKENS, wait=WAIT, wait_str=WAIT_STR, temperature=TEMPERATURE,
              top_k=TOP_K, top_p=TOP_P, seed=None, raw=False, compile=False, on_token=None) -> list[Generation]:
@@ -325,16 +338,10 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens=MAX_NEW_TOK
     tokens). on_token(row, token_id, forced, phase) is called for every token as it is decided.
     """
     check_settings(max_new_tokens, max_thinking_tokens, wait, wait_str, temperature, top_k, top_p)
-    texts = [build_prompt(tokenizer, q, raw) for q in prompts]
-    ids = [tokenizer.encode(t, add_special_tokens=False) for t in texts]
-    context = model.config.max_position_embeddings
+    texts, ids = tokenize_prompts(model, tokenizer, prompts, raw)
     rows = []
-    for i, (q, p) in enumerate(zip(prompts, ids)):
-        if not q.strip():
-            raise InputError(f"prompt {i + 1} is empty; give a question")
-        if len(p) >= context:
-            raise InputError(f"prompt {i + 1} is {len(p)} tokens but the model's context is {context}; shorten it")
-        max_new = min(max_new_tokens, context - len(p))
+    for i, p in enumerate(ids):
+        max_new = min(max_new_tokens, model.config.max_position_embeddings - len(p))
         budget = max(1, max_new - ANSWER_RESERVE) if max_thinking_tokens == "auto" else max_thinking_tokens
         rows.append(Row(max_new=max_new, budget=budget, phase="thinking" if starts_in_thinking(texts[i]) else "answer"))
 
@@ -492,6 +499,7 @@ def main(argv=None):
         t0 = time.perf_counter()
         model, tokenizer = load_model(args.model, None if args.device == "auto" else args.device, args.dtype)
         load_s = time.perf_counter() - t0
+        tokenize_prompts(model, tokenizer, prompts, args.raw)  # refuse a bad prompt before printing anything
         settings = dict(max_new_tokens=args.max_new_tokens, max_thinking_tokens=args.max_thinking_tokens,
                         wait=args.wait, wait_str=args.wait_str, temperature=args.temperature, top_k=args.top_k,
                         top_p=args.top_p, seed=args.seed, raw=args.raw, compile=args.compile)
@@ -513,6 +521,8 @@ def main(argv=None):
                     print(f"=== {start + i + 1} ===\n{g.prompt}{g.text}\n", flush=True)
     except (InputError, CheckpointError) as e:
         fail(e)
+    except KeyboardInterrupt:
+        sys.exit(130)
     dt = time.perf_counter() - t0
     # Batch 1 reads every weight once a token: that sets the speed limit on any hardware ("bandwidth achieved").
     gbps = weight_bytes_per_token(model) * n_steps / dt / 1e9
