@@ -1,0 +1,487 @@
+"""
+Benchmarks against the references, side by side in one run, on random weights of the real shapes (no
+downloads): (1) decoding with sample.py's engine against transformers' generate, and the share of the
+memory-bandwidth roofline it reaches (bandwidth measured in the same run); (2) a training step of
+model.py (chunked loss) + AdamW against transformers' Qwen2ForCausalLM with the same optimizer;
+(3) the memory of the loss at a long sequence, chunked against full logits. Every ratio compares
+numbers measured here, now; results go to BENCHMARKS.md by hand.
+
+    python bench.py                                    # CPU, fp32: decode at batch 1, training at T=1024,4096, loss
+    python bench.py --decode-batch 1,16 --json bench.json
+    python bench.py --gpu --json bench-gpu.json        # one GPU (H200: a few minutes): compiled decode vs the
+                                                       # HBM roofline, training MFU of a 1.5B shape at T=16384
+                                                       # with activation checkpointing in bf16, bf16 vs fp32 logits
+
+Training and loss runs each take a fresh process, so each peak memory is its own: peak RSS on CPU,
+torch.cuda.max_memory_allocated on GPU. What it leaves out: multi-GPU training (train.py's FSDP), and
+the KV cache in the roofline (at a short context it is a tiny share of the bytes a step reads).
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+
+from model import Qwen2, Qwen2Config, chunked_cross_entropy, num_params
+from sample import Row, decode, weight_bytes_per_token
+from train import PEAK_BF16_FLOPS, training_flops
+
+# -----------------------------------------------------------------------------
+# Shapes (../shared/S1_NOTES.md) and defaults, spelled out once
+
+VOCAB = 151936
+SHAPES = {  # hidden, layers, heads, kv heads, head_dim, mlp
+    "0.5B": (896, 24, 14, 2, 64, 4864),
+    "1.5B": (1536, 28, 12, 2, 128, 8960),
+    "3B": (2048, 36, 16, 2, 128, 11008),
+    "cpu-small": (512, 4, 8, 2, 64, 2048),  # a training step of a few seconds on 2 CPU cores, real vocab
+}
+CPU = dict(decode_shape="0.5B", decode_batch="1", train_shape="cpu-small", train_seq="1024,4096",
+           checkpointing="off", loss_seq="4096,32768")
+GPU = dict(decode_shape="1.5B", decode_batch="1,16", train_shape="1.5B", train_seq="16384",
+           checkpointing="on", loss_seq="32768")
+PROMPT_LEN = 16
+WARM_STEPS = 8  # decode steps before the clock starts (allocation, compilation, CUDA graph capture)
+TIMED_STEPS = 32
+REPEATS = 2  # best of, for decode; ours and the reference alternate, so load from others hits both
+TRAIN_STEPS = 2  # timed training steps, after one warm-up step
+LOSS_HIDDEN = 64
+LOSS_CHUNK = 1024  # train.py's --loss-chunk default
+ADAMW = dict(lr=1e-5, betas=(0.9, 0.95), weight_decay=1e-4)  # s1's
+
+
+def config(shape: str) -> Qwen2Config:
+    h, n, nh, kv, hd, mlp = SHAPES[shape]
+    return Qwen2Config(vocab_size=VOCAB, hidden_size=h, num_hidden_layers=n, num_attention_heads=nh,
+                       num_key_value_heads=kv, head_dim=hd, intermediate_size=mlp, tie_word_embeddings=True)
+
+
+def reference_model(cfg: Qwen2Config, device, dtype):
+    """transformers' Qwen2ForCausalLM of the same shape (its own init; load ours for the same weights)."""
+    from transformers import Qwen2Config as HFConfig, Qwen2ForCausalLM
+    with torch.device(device):
+        return Qwen2ForCausalLM(HFConfig(**cfg.to_hf())).to(dtype)
+
+
+def our_model(cfg: Qwen2Config, device, dtype):
+    return Qwen2(cfg).init_weights(seed=0).to(device=device, dtype=dtype)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+# -----------------------------------------------------------------------------
+# The machine: what it is, how busy it is, how fast it can read memory and multiply
+
+
+def machine(device) -> dict:
+    m = dict(date=time.strftime("%Y-%m-%d %H:%M %Z"), python=platform.python_version(), torch=torch.__version__,
+             threads=torch.get_num_threads(), cores=os.cpu_count(), load=[round(x, 1) for x in os.getloadavg()])
+    try:
+        with open("/proc/cpuinfo") as f:
+            m["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        m["cpu"] = platform.processor()
+    if device.type == "cuda":
+        m["gpu"] = torch.cuda.get_device_name()
+    import transformers
+    m["transformers"] = transformers.__version__
+    return m
+
+
+def measure_bandwidth(device, gib=1.0) -> float:
+    """Read bandwidth in bytes/s: summing a large tensor reads it once, as a decode step reads the weights."""
+    x = torch.ones(int(gib * 2**30) // 4, dtype=torch.float32, device=device)
+    best = float("inf")
+    for _ in range(5):
+        sync(device)
+        t0 = time.perf_counter()
+        x.sum()
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return x.numel() * 4 / best
+
+
+def measure_matmul_flops(device, dtype, n=2048) -> float:
+    """What a big square matmul reaches here: the MFU denominator on a CPU, whose peak nobody publishes."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    best = float("inf")
+    for _ in range(4):
+        sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def peak_flops(device, dtype) -> tuple[float, str]:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name()
+        peak = next((v for k, v in sorted(PEAK_BF16_FLOPS.items(), key=lambda kv: -len(kv[0])) if k in name), None)
+        if peak is not None:
+            return peak, f"{name} dense bf16 peak"
+    return measure_matmul_flops(device, dtype), "measured 2048^3 matmul"
+
+
+# -----------------------------------------------------------------------------
+# (1) Decode: tokens/s of both engines, from the time each step's tokens come out
+
+
+class StepClock:
+    """transformers calls put() with every step's tokens (the prompt first): note when each arrives."""
+
+    def __init__(self):
+        self.times = []
+
+    def put(self, value):
+        self.times.append(time.perf_counter())
+
+    def end(self):
+        pass
+
+
+def decode_steps_per_s(times) -> float:
+    """Steps/s between the WARM_STEPS-th and the last step: no prefill, no compilation, no warm-up."""
+    return (len(times) - 1 - WARM_STEPS) / (times[-1] - times[WARM_STEPS])
+
+
+def run_ours(model, prompts, compile):
+    n = WARM_STEPS + TIMED_STEPS + 1
+    rows, times = [Row(max_new=n) for _ in prompts], []
+    for row, *_ in decode(model, prompts, rows, compile=compile):
+        if row == 0:  # one event per row per step; rows are yielded in order after the step's sync
+            times.append(time.perf_counter())
+    return decode_steps_per_s(times)
+
+
+def run_reference(hf, prompts, device):
+    n = WARM_STEPS + TIMED_STEPS + 1
+    clock = StepClock()
+    hf.generate(torch.tensor(prompts, device=device), max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                pad_token_id=0, streamer=clock)
+    return decode_steps_per_s(clock.times[1:])  # the first put() is the prompt
+
+
+@torch.no_grad()
+def bench_decode(args, device, dtype, bandwidth) -> tuple[list[dict], dict]:
+    cfg = config(args.decode_shape)
+    model = our_model(cfg, device, dtype).eval()
+    hf = reference_model(cfg, device, dtype).eval()
+    hf.load_state_dict(model.state_dict())
+    step_bytes = weight_bytes_per_token(model)
+    roofline = bandwidth / step_bytes  # steps/s if a step cost nothing but reading every weight once
+    gen = torch.Generator().manual_seed(0)
+    results = []
+    for B in [int(b) for b in args.decode_batch.split(",")]:
+        prompts = torch.randint(0, 150000, (B, PROMPT_LEN), generator=gen).tolist()
+        best = dict.fromkeys(["sample.py"] + ["sample.py --compile"] * args.compile + ["transformers generate"], 0.0)
+        for _ in range(REPEATS):
+            for name in best:
+                rate = run_reference(hf, prompts, device) if name.startswith("transformers") else \
+                    run_ours(model, prompts, compile=name.endswith("--compile"))
+                best[name] = max(best[name], rate)
+        ref = best["transformers generate"]
+        for name, rate in best.items():
+            results.append(dict(batch=B, engine=name, tokens_per_s=rate * B, steps_per_s=rate,
+                                roofline_share=rate / roofline, vs_transformers=rate / ref))
+            print(f"  decode batch {B:2d} {name:24s} {rate * B:9.1f} tok/s  {rate / roofline:6.1%} of roofline  "
+                  f"{rate / ref:5.2f}x transformers", flush=True)
+    del model, hf
+    return results, dict(shape=args.decode_shape, params=num_params(our_model_meta(cfg)), step_bytes=step_bytes,
+                         roofline_steps_per_s=roofline)
+
+
+def our_model_meta(cfg):
+    with torch.device("meta"):
+        return Qwen2(cfg)
+
+
+# -----------------------------------------------------------------------------
+# (2) Training step and (3) loss memory: each measurement in a process of its own
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_bytes(device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated()
+    # VmHWM, this process image's peak RSS. Not getrusage's ru_maxrss: Linux carries that over from the
+    # parent through fork and exec, so every child would report the parent's peak.
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
+def current_bytes(device) -> int:
+    return torch.cuda.memory_allocated() if device.type == "cuda" else rss_bytes()
+
+
+def train_child(spec, device, dtype) -> dict:
+    """Time TRAIN_STEPS optimizer steps on random tokens (after one warm-up step); report peak memory."""
+    cfg = config(spec["shape"])
+    ckpt = spec["checkpointing"] == "on"
+    if spec["impl"] == "ours":
+        model = our_model(cfg, device, dtype)
+        model.gradient_checkpointing = ckpt
+        loss_fn = lambda ids: model(ids[:, :-1], targets=ids[:, 1:], loss_chunk=spec["loss_chunk"])  # chunked
+    else:
+        model = reference_model(cfg, device, dtype)
+        if ckpt:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=dict(use_reentrant=False))
+        loss_fn = lambda ids: model(input_ids=ids[:, :-1], labels=ids[:, :-1]).loss  # it shifts the labels itself
+        # (one token fewer predicted than ours: 0.03% at T=4096)
+    model.train()
+    optim = torch.optim.AdamW(model.parameters(), **ADAMW, fused=device.type == "cuda")
+    T = spec["seq"]
+    ids = torch.randint(0, 150000, (1, T + 1), device=device)
+    base = current_bytes(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(TRAIN_STEPS + 1):
+        sync(device)
+        t0 = time.perf_counter()
+        loss_fn(ids).backward()
+        optim.step()
+        optim.zero_grad(set_to_none=True)
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    step_s = statistics.median(times[1:])
+    n_matmul = num_params(model)  # tied: the one embedding matrix is the output head's multiply
+    return dict(step_s=step_s, tokens_per_s=T / step_s, flops=training_flops(cfg, n_matmul, T),
+                peak_gb=peak_bytes(device) / 1e9, before_step_gb=base / 1e9)
+
+
+def loss_child(spec, device, dtype) -> dict:
+    """Forward and backward of the loss alone: (1, T, C) activations through a (vocab, C) head."""
+    T, C = spec["seq"], spec["hidden"]
+    head = torch.nn.Linear(C, VOCAB, bias=False, device=device, dtype=dtype)
+    x = torch.randn(1, T, C, device=device, dtype=dtype, requires_grad=True)
+    targets = torch.randint(0, VOCAB, (1, T), device=device)
+    sync(device)
+    base = current_bytes(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    if spec["impl"] == "chunked":
+        loss = chunked_cross_entropy(head, x, targets, chunk=spec["loss_chunk"])
+    else:  # what a plain implementation does: all logits at once, in fp32
+        loss = F.cross_entropy(head(x).float().view(T, VOCAB), targets.view(T))
+    loss.backward()
+    sync(device)
+    return dict(seconds=time.perf_counter() - t0, extra_gb=(peak_bytes(device) - base) / 1e9)
+
+
+def in_child(spec: dict) -> dict:
+    """Run one measurement in a fresh process; a crash (say, killed for memory) is reported, not raised."""
+    r = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        why = "killed (out of memory?)" if r.returncode in (-9, 137) else (r.stderr.strip().splitlines() or ["?"])[-1]
+        return dict(error=f"exit {r.returncode}: {why}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def free_memory_bytes(device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info()[0]
+    with open("/proc/meminfo") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable"))
+
+
+def bench_train(args, device, dtype, peak) -> list[dict]:
+    results = []
+    for T in [int(t) for t in args.train_seq.split(",")]:
+        row = {}
+        for impl in ("ours", "transformers"):
+            spec = dict(task="train", impl=impl, shape=args.train_shape, seq=T, checkpointing=args.checkpointing,
+                        loss_chunk=args.loss_chunk)
+            row[impl] = r = in_child(dict(spec, device=device.type, threads=torch.get_num_threads()))
+            if "error" not in r:
+                r["mfu"] = r["flops"] / r["step_s"] / peak
+            print(f"  train T={T:6d} {impl:12s} " + (r.get("error") or
+                  f"{r['tokens_per_s']:9.1f} tok/s  peak {r['peak_gb']:6.2f} GB  MFU {r['mfu']:6.1%}"), flush=True)
+        ours, ref = row["ours"], row["transformers"]
+        if "error" not in ours and "error" not in ref:
+            ours["speed_vs_transformers"] = ours["tokens_per_s"] / ref["tokens_per_s"]
+            ours["memory_vs_transformers"] = ours["peak_gb"] / ref["peak_gb"]
+        results.append(dict(seq=T, **row))
+    return results
+
+
+def bench_loss(args, device, dtype) -> list[dict]:
+    results = []
+    for T in [int(t) for t in args.loss_seq.split(",")]:
+        row = {}
+        for impl in ("chunked", "full"):
+            # full logits: fp32 logits, their log-softmax and their gradient are each T x vocab x 4 bytes
+            need = 3 * T * VOCAB * 4
+            if impl == "full" and need > 0.8 * free_memory_bytes(device):
+                row[impl] = dict(error=f"skipped: needs ~{need / 1e9:.0f} GB, "
+                                       f"{free_memory_bytes(device) / 1e9:.0f} GB free")
+            else:
+                spec = dict(task="loss", impl=impl, seq=T, hidden=args.loss_hidden, loss_chunk=args.loss_chunk,
+                            device=device.type, threads=torch.get_num_threads())
+                row[impl] = in_child(spec)
+            r = row[impl]
+            print(f"  loss  T={T:6d} {impl:8s} " + (r.get("error") or
+                  f"{r['extra_gb']:7.2f} GB above the inputs, {r['seconds']:.1f}s fwd+bwd"), flush=True)
+        results.append(dict(seq=T, hidden=args.loss_hidden, **row))
+    return results
+
+
+# -----------------------------------------------------------------------------
+# GPU only: bf16 logits against fp32, ours and transformers' side by side
+
+
+@torch.no_grad()
+def bench_parity(args, device) -> dict:
+    cfg = config(args.decode_shape)
+    ours32 = our_model(cfg, device, torch.float32).eval()
+    ours16 = our_model(cfg, device, torch.bfloat16).eval()
+    hf32 = reference_model(cfg, device, torch.float32).eval()
+    hf32.load_state_dict(ours32.state_dict())
+    ids = torch.randint(0, 150000, (2, 512), device=device)
+    l32 = ours32(ids).float()
+    out = {"ours fp32 vs transformers fp32, max |diff|": (l32 - hf32(input_ids=ids).logits.float()).abs().max().item()}
+    hf16 = hf32.to(torch.bfloat16)  # in place: the fp32 reference is done
+    l16, h16 = ours16(ids).float(), hf16(input_ids=ids).logits.float()
+    out["ours bf16 vs transformers bf16, max |diff|"] = (l16 - h16).abs().max().item()
+    for name, l in (("ours", l16), ("transformers", h16)):
+        out[f"{name} bf16 vs fp32, max |diff|"] = (l - l32).abs().max().item()
+        out[f"{name} bf16 vs fp32, KL"] = F.kl_div(l.log_softmax(-1), l32.log_softmax(-1), log_target=True,
+                                                   reduction="batchmean").item() / ids.size(1)
+        out[f"{name} bf16 vs fp32, top-1 agreement"] = (l.argmax(-1) == l32.argmax(-1)).float().mean().item()
+    for k, v in out.items():
+        print(f"  parity {k}: {v:.3g}", flush=True)
+    return out
+
+
+# -----------------------------------------------------------------------------
+# Report
+
+
+def markdown(res) -> str:
+    m, lines = res["machine"], []
+    lines.append(f"{m.get('gpu') or m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['threads']} threads), "
+                 f"transformers {m['transformers']}, {m['date']}; load average before {m['load']}, "
+                 f"after {m['load_after']}")
+    lines.append(f"\nMemory read bandwidth (sum of a large fp32 tensor): {res['bandwidth'] / 1e9:.1f} GB/s; "
+                 f"MFU denominator: {res['peak_flops'] / 1e12:.3g} TFLOP/s ({res['peak_flops_source']})")
+    if "decode" in res:
+        d = res["decode_info"]
+        lines += [f"\nDecode, {d['shape']} shape ({d['params'] / 1e6:.0f}M params, {d['step_bytes'] / 1e9:.2f} GB "
+                  f"of weights read a step), {res['dtype']}, prompt {PROMPT_LEN}, {TIMED_STEPS} timed steps; "
+                  f"roofline {d['roofline_steps_per_s']:.1f} steps/s\n",
+                  "| batch | engine | tokens/s | roofline share | vs transformers |", "|---|---|---|---|---|"]
+        lines += [f"| {r['batch']} | {r['engine']} | {r['tokens_per_s']:.1f} | {r['roofline_share']:.0%} | "
+                  f"{r['vs_transformers']:.2f}x |" for r in res["decode"]]
+    if "train" in res:
+        cfg = config(res["args"]["train_shape"])
+        lines += [f"\nTraining step, {res['args']['train_shape']} shape ({num_params(our_model_meta(cfg)) / 1e6:.0f}M "
+                  f"params, vocab {VOCAB}), {res['dtype']}, AdamW, batch 1, activation checkpointing "
+                  f"{res['args']['checkpointing']}, loss chunk {res['args']['loss_chunk']} tokens\n",
+                  "| T | model | tokens/s | peak memory GB | MFU | speed vs transformers | memory vs transformers |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in res["train"]:
+            for impl in ("ours", "transformers"):
+                x = r[impl]
+                if "error" in x:
+                    lines.append(f"| {r['seq']} | {impl} | {x['error']} | | | | |")
+                    continue
+                ratio = (f"{x['speed_vs_transformers']:.2f}x | {x['memory_vs_transformers']:.2f}x"
+                         if "speed_vs_transformers" in x else " | ")
+                name = "model.py + chunked loss" if impl == "ours" else "transformers Qwen2ForCausalLM"
+                lines.append(f"| {r['seq']} | {name} | {x['tokens_per_s']:.0f} | {x['peak_gb']:.2f} | "
+                             f"{x['mfu']:.1%} | {ratio} |")
+    if "loss" in res:
+        lines += [f"\nLoss forward + backward, vocab {VOCAB}, hidden {res['args']['loss_hidden']}, {res['dtype']}, "
+                  f"chunks of {res['args']['loss_chunk']} tokens: memory above the inputs\n", "| T | chunked GB | full logits GB |", "|---|---|---|"]
+        for r in res["loss"]:
+            cell = [r[k].get("error") or f"{r[k]['extra_gb']:.2f}" for k in ("chunked", "full")]
+            lines.append(f"| {r['seq']} | {cell[0]} | {cell[1]} |")
+    if "parity" in res:
+        lines += ["\nbf16 logits against fp32 (2 x 512 random tokens)\n", "| comparison | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.3g} |" for k, v in res["parity"].items()]
+    return "\n".join(lines)
+
+
+def main():
+    p = argparse.ArgumentParser(description="Benchmarks against transformers, side by side in one run")
+    p.add_argument("--gpu", action="store_true", help="the GPU check: bf16, compiled decode, MFU, bf16 parity")
+    p.add_argument("--decode-shape", choices=list(SHAPES))
+    p.add_argument("--decode-batch", help="comma-separated batch sizes (CPU default 1; GPU 1,16)")
+    p.add_argument("--compile", action="store_true", help="compile sample.py's decode step (on with --gpu)")
+    p.add_argument("--train-shape", choices=list(SHAPES))
+    p.add_argument("--train-seq", help="comma-separated sequence lengths (CPU default 1024,4096; GPU 16384)")
+    p.add_argument("--checkpointing", choices=["on", "off"], help="activation checkpointing, both models "
+                   "(CPU default off, GPU on)")
+    p.add_argument("--loss-chunk", type=int, default=LOSS_CHUNK, help="tokens per chunk of our loss (train.py's default)")
+    p.add_argument("--loss-seq", help="comma-separated sequence lengths for the loss memory")
+    p.add_argument("--loss-hidden", type=int, default=LOSS_HIDDEN)
+    p.add_argument("--skip", default="", help="comma-separated parts to leave out: decode,train,loss,parity")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--json", help="also write the results here")
+    p.add_argument("--child", help=argparse.SUPPRESS)  # one training/loss measurement, in its own process
+    args = p.parse_args()
+
+    if args.child:
+        spec = json.loads(args.child)
+        torch.set_num_threads(spec["threads"])
+        device = torch.device(spec["device"])
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        fn = train_child if spec["task"] == "train" else loss_child
+        print(json.dumps(fn(spec, device, dtype)))
+        return
+
+    if args.gpu and not torch.cuda.is_available():
+        print("error: --gpu needs a CUDA device; run without it for the CPU benchmarks", file=sys.stderr)
+        sys.exit(2)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if args.gpu else "cpu")
+    dtype = torch.bfloat16 if args.gpu else torch.float32
+    for k, v in (GPU if args.gpu else CPU).items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    args.compile = args.compile or args.gpu
+    skip = set(args.skip.split(",")) | (set() if args.gpu else {"parity"})
+
+    res = dict(args=vars(args), dtype=str(dtype).replace("torch.", ""), machine=machine(device))
+    print(f"{res['machine'].get('gpu') or res['machine']['cpu']}, load average {res['machine']['load']}", flush=True)
+    res["bandwidth"] = measure_bandwidth(device, gib=4.0 if args.gpu else 1.0)
+    res["peak_flops"], res["peak_flops_source"] = peak_flops(device, dtype)
+    print(f"  bandwidth {res['bandwidth'] / 1e9:.1f} GB/s, peak {res['peak_flops'] / 1e12:.3g} TFLOP/s "
+          f"({res['peak_flops_source']})", flush=True)
+    if "decode" not in skip:
+        res["decode"], res["decode_info"] = bench_decode(args, device, dtype, res["bandwidth"])
+    if "train" not in skip:
+        res["train"] = bench_train(args, device, dtype, res["peak_flops"])
+    if "loss" not in skip:
+        res["loss"] = bench_loss(args, device, dtype)
+    if "parity" not in skip:
+        res["parity"] = bench_parity(args, device)
+    res["machine"]["load_after"] = [round(x, 1) for x in os.getloadavg()]
+    print("\n" + markdown(res))
+    if args.json:
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(args.json)), prefix=".tmp-")
+        with os.fdopen(fd, "w") as f:
+            json.dump(res, f, indent=2)
+        os.replace(tmp, args.json)
+
+
+if __name__ == "__main__":
+    main()
