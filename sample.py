@@ -270,6 +270,9 @@ def load_model(model_path: str, device=None, dtype=None):
 
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    available = dict(cuda=torch.cuda.is_available(), mps=torch.backends.mps.is_available(), cpu=True)
+    if not available.get(str(device).split(":")[0], False):
+        raise InputError(f"device {device} is not available here; use cpu, or leave the device out to pick one")
     if isinstance(dtype, str):
         dtype = None if dtype == "auto" else getattr(torch, dtype)
     if dtype is None:  # bf16 where the hardware has it; fp32 elsewhere (CPU bf16 matmuls are slow on most)

@@ -430,6 +430,12 @@ def test_cli_bad_prompts(capsys, monkeypatch, cli_model, prompt, fragment):
     assert fragment in one_line_error(capsys, monkeypatch, "--model", cli_model, prompt)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cli_unavailable_device(capsys, monkeypatch, cli_model):
+    assert "device cuda is not available" in one_line_error(capsys, monkeypatch, "--model", cli_model, "--device",
+                                                            "cuda", "q")
+
+
 def test_cli_bad_input_in_a_subprocess_has_no_traceback(cli_model):
     r = cli("--model", cli_model, "--wait", "-2", "q")
     assert r.returncode == 2 and r.stdout == "" and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
