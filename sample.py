@@ -116,9 +116,18 @@ class Forcing:
 
 def make_forcing(tokenizer, wait=WAIT, wait_str=WAIT_STR) -> Forcing:
     def encode(s):
-        return tokenizer.encode(s, add_special_tokens=False)
+        # A tokenizer that cannot spell a forced string (an unknown character) would inject garbage.
+        ids = tokenizer.encode(s, add_special_tokens=False)
+        if tokenizer.decode(ids) != s:
+            raise InputError(f"the tokenizer cannot write {s!r} (it reads back as {tokenizer.decode(ids)!r}); "
+                             "budget forcing needs a tokenizer that can")
+        return ids
 
-    im_start, im_end = tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
+    im_start, im_end = encode("<|im_start|>"), encode("<|im_end|>")
+    if len(im_start) != 1 or len(im_end) != 1:
+        raise InputError("the tokenizer has no <|im_start|> and <|im_end|> tokens; budget forcing needs a "
+                         "Qwen-style chat tokenizer (or pass raw=True / --raw with a plain prompt)")
+    im_start, im_end = im_start[0], im_end[0]
     eos = {tokenizer.eos_token_id} - {None}
     return Forcing(think_end={im_start, im_end} | eos, stop={im_end} | eos, waits=wait,
                    wait_ids=encode(wait_str), answer_ids=encode(ANSWER), final_ids=encode(ANSWER + FINAL),
@@ -351,7 +360,11 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens=MAX_NEW_TOK
     generator = None
     if seed is not None:
         generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    forcing = make_forcing(tokenizer, wait, wait_str)
+    if any(r.phase == "thinking" for r in rows):
+        forcing = make_forcing(tokenizer, wait, wait_str)
+    else:  # plain text: no thinking to force, stop at the end of a turn or of the text
+        im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        forcing = Forcing(stop={tokenizer.eos_token_id, im_end} - {None, tokenizer.unk_token_id})
     for row, token, forced, phase in decode(model, ids, rows, forcing, temperature=temperature, top_k=top_k,
                                             top_p=top_p, vocab_limit=min(len(tokenizer), model.config.vocab_size),
                                             generator=generator, compile=compile):

@@ -304,6 +304,18 @@ def test_raw_prompts(tok):
     assert g.thinking == "aWaitb" and g.waits == 1
 
 
+def test_a_tokenizer_that_cannot_spell_the_forced_strings_is_refused(tok):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    t = Tokenizer(models.WordLevel(vocab={"[UNK]": 0, "a": 1}, unk_token="[UNK]"))
+    t.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    t.add_special_tokens(["<|im_end|>", "<|im_start|>"])
+    tk = PreTrainedTokenizerFast(tokenizer_object=t, unk_token="[UNK]", eos_token="<|im_end|>")
+    with pytest.raises(sample.InputError, match="cannot write 'Wait'"):
+        sample.make_forcing(tk, wait=1)
+
+
 def test_prompt_format(tok):
     p = sample.build_prompt(tok, "What is 2+2?")
     assert p == ("<|im_start|>system\nYou are a tiny test model.<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n"
