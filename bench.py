@@ -385,7 +385,8 @@ def markdown(res) -> str:
     lines.append(f"{m.get('gpu') or m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['threads']} threads), "
                  f"transformers {m['transformers']}, {m['date']}; load average before {m['load']}, "
                  f"after {m['load_after']}")
-    lines.append(f"\nMemory read bandwidth (best of sum and matrix-vector product over a large fp32 matrix): {res['bandwidth'] / 1e9:.1f} GB/s; "
+    lines.append(f"\nMemory read bandwidth (best of a sum and a matrix-vector product over a large fp32 matrix): "
+                 f"{res['bandwidth'] / 1e9:.1f} GB/s; "
                  f"MFU denominator: {res['peak_flops'] / 1e12:.3g} TFLOP/s ({res['peak_flops_source']})")
     if "decode" in res:
         d = res["decode_info"]
@@ -415,7 +416,8 @@ def markdown(res) -> str:
                              f"{x['mfu']:.1%} | {ratio} |")
     if "loss" in res:
         lines += [f"\nLoss forward + backward, vocab {VOCAB}, hidden {res['args']['loss_hidden']}, {res['dtype']}, "
-                  f"chunks of {res['args']['loss_chunk']} tokens: memory above the inputs\n", "| T | chunked GB | full logits GB |", "|---|---|---|"]
+                  f"chunks of {res['args']['loss_chunk']} tokens: memory above the inputs\n",
+                  "| T | chunked GB | full logits GB |", "|---|---|---|"]
         for r in res["loss"]:
             cell = [r[k].get("error") or f"{r[k]['extra_gb']:.2f}" for k in ("chunked", "full")]
             lines.append(f"| {r['seq']} | {cell[0]} | {cell[1]} |")
@@ -435,7 +437,7 @@ def main():
     p.add_argument("--train-seq", help="comma-separated sequence lengths (CPU default 1024,4096; GPU 16384)")
     p.add_argument("--checkpointing", choices=["on", "off"], help="activation checkpointing, both models "
                    "(CPU default off, GPU on)")
-    p.add_argument("--loss-chunk", type=int, default=LOSS_CHUNK, help="tokens per chunk of our loss (train.py's default)")
+    p.add_argument("--loss-chunk", type=int, default=LOSS_CHUNK, help="tokens per chunk of our loss")
     p.add_argument("--loss-seq", help="comma-separated sequence lengths for the loss memory")
     p.add_argument("--loss-hidden", type=int, default=LOSS_HIDDEN)
     p.add_argument("--skip", default="", help="comma-separated parts to leave out: decode,train,loss,parity")

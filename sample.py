@@ -292,7 +292,7 @@ def load_model(model_path: str, device=None, dtype=None):
         tokenizer = AutoTokenizer.from_pretrained(ckpt_dir)
     except Exception as e:
         raise CheckpointError(f"{ckpt_dir}: no usable tokenizer ({type(e).__name__}); copy the tokenizer files "
-                              "(tokenizer.json, tokenizer_config.json) of the model it was trained from into it") from None
+                              "(tokenizer.json, tokenizer_config.json) of the model it came from into it") from None
     return model, tokenizer
 
 
@@ -475,7 +475,8 @@ def budget_arg(s):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Sample from a Qwen2 model with s1 budget forcing.")
     p.add_argument("prompts", nargs="*", help=f"questions (default: --file, piped stdin, or {QUESTION!r})")
-    p.add_argument("--model", default=MODEL, help=f"checkpoint directory or hub id (default: {MODEL}, the tiny run's output)")
+    p.add_argument("--model", default=MODEL, help=f"checkpoint directory or hub id (default: {MODEL}, "
+                   "the output of the README's first run)")
     p.add_argument("--file", help="questions, one a line, or jsonl with a 'question' field; '-' for stdin")
     p.add_argument("--wait", type=int, default=WAIT, help="replace the end of thinking by --wait-str this many times")
     p.add_argument("--wait-str", default=WAIT_STR)
