@@ -587,7 +587,7 @@ def parse_args(argv=None):
     p.add_argument("--limit", type=int, help="only the first N problems of each task")
     p.add_argument("--seed", type=int, default=d["seed"], help="sampling seed when temperature > 0")
     p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
-    p.add_argument("--dtype", help="float32, bfloat16 or float16 (default: the checkpoint's, float32 on CPU)")
+    p.add_argument("--dtype", help="float32, bfloat16 or float16 (default: bfloat16 on a GPU that has it, else float32)")
     p.add_argument("--compile", action="store_true", help="compile the decode step (GPU)")
     return p.parse_args(argv)
 
