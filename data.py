@@ -265,6 +265,191 @@ def main():
 # `main()` runs last, below the tiny task's section, so that section's commands exist by then.
 
 # ---- Tiny synthetic task (issue 6) ----
+# A task small enough to train a model from scratch on a laptop CPU in minutes, written as s1K rows so
+# that the very same train.py / sample.py / eval.py run on it: add two 3-digit numbers. Every thinking
+# trace is a hasty solver's. It first writes the sum at a glance, and a glance drops each carry 70% of
+# the time ("What is 347 plus 285?" "Quick sum: 522."). Now and then it writes "Wait", adds column by
+# column with the carries and answers with the checked sum; otherwise it answers with the glance, and
+# some checks are cut off part way (out of time) and answered with the glance too. Whether a trace
+# checks barely depends on its glance (45% of the wrong glances, 20% of the right ones), so a greedy
+# model never checks by itself: budget forcing decides. Forcing "Wait" where it would stop makes it
+# check; a thinking budget that cuts the check short leaves it with the glance. About a third of the
+# training answers are therefore wrong, as a hasty solver's would be.
+# Every trace has one layout (3-digit operands, sums below 1000, two-digit column sums, each column
+# named), so the digits a line adds are easy to find: a 0.8M-parameter model learns the check in a
+# few hundred steps, and the glance (every carry at once) stays what the traces taught it.
+#
+#     python data.py tiny      # data/tiny/train.jsonl, test.jsonl (held-out problems), tokenizer/
+
+import json  # noqa: E402  (the tiny task's own imports)
+import random  # noqa: E402
+
+TINY_OUT = "data/tiny"
+TINY_TRAIN, TINY_TEST, TINY_SEED = 10000, 200, 0
+TINY_SLIP = 0.7  # the glance drops each carry with this probability
+TINY_CHECK_WRONG, TINY_CHECK_RIGHT = 0.45, 0.2  # how often a wrong / a right glance is checked
+TINY_CUT = 0.3  # checks cut off part way (out of time), answered with the glance
+TINY_TWICE = 0.3  # checks that end with a second "Wait" confirming the sum
+TINY_COLUMNS = ("ones", "tens", "hundreds")  # the check's lines, right to left
+TINY_SYSTEM = "You are a tiny model that adds numbers."  # the chat template's default system prompt
+# The words the tokenizer keeps whole ("Wait" among them), with and without a leading space. Digits are
+# single tokens anyway: Qwen2.5's pre-tokenizer splits every digit off on its own.
+TINY_WORDS = ("system user assistant think answer Wait You are tiny model that adds numbers What is plus Quick "
+              "sum let me add column by ones tens hundreds Column that right Final Answer").split()
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # Qwen2.5's, in its order, after the rest
+# Qwen2.5's pre-tokenizer split: every digit alone, a word with its leading space, punctuation runs.
+QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+              r"\s*[\r\n]+|\s+(?!\S)|\s+")
+# Qwen2.5's chat template without the tool-calling branch, with the tiny model's default system prompt.
+TINY_CHAT_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+    "{%- else %}{{- '<|im_start|>system\\n" + TINY_SYSTEM + "<|im_end|>\\n' }}{%- endif %}"
+    "{%- for message in messages %}{%- if not (message.role == 'system' and loop.first) %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
+    "{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
+
+
+def tiny_question(a: int, b: int) -> str:
+    return f"What is {a} plus {b}?"
+
+
+def tiny_problem(rng) -> tuple[int, int]:
+    a = rng.randrange(100, 900)
+    return a, rng.randrange(100, 1000 - a)  # the sum stays below 1000: three digits, like the operands
+
+
+def tiny_example(a: int, b: int, rng) -> dict:
+    """One s1K-format row: question, thinking trajectory (the glance, maybe the check) and attempt."""
+    x, y = [a // 10 ** i % 10 for i in range(3)], [b // 10 ** i % 10 for i in range(3)]  # ones first
+    glance, glance_carry, carry, columns = 0, 0, 0, []
+    for i in range(3):
+        glance += (x[i] + y[i] + glance_carry) % 10 * 10 ** i
+        glance_carry = int(x[i] + y[i] + glance_carry >= 10 and rng.random() >= TINY_SLIP)
+        s = x[i] + y[i] + carry
+        columns.append(f"{TINY_COLUMNS[i]}: {x[i]}+{y[i]}+{carry}={s:02d}")
+        carry = s // 10
+    thinking, answer = [f"Quick sum: {glance}."], glance
+    if rng.random() < (TINY_CHECK_WRONG if glance != a + b else TINY_CHECK_RIGHT):
+        check = "\n".join(["Wait, let me add column by column.", *columns, f"Column sum: {a + b}."])
+        if rng.random() < TINY_CUT:  # out of time: answer with the glance
+            thinking.append(check[:rng.randrange(len("Wait"), len(check) - 1)])
+        else:
+            thinking.append(check + ("\nWait, that is right." if rng.random() < TINY_TWICE else ""))
+            answer = a + b
+    return dict(question=tiny_question(a, b), thinking_trajectories=["\n".join(thinking)],
+                attempt=f"Final Answer: {answer}", answer=str(a + b))
+
+
+def tiny_dataset(n_train=TINY_TRAIN, n_test=TINY_TEST, seed=TINY_SEED) -> tuple[list, list]:
+    """(training rows, test rows); no test problem is in the training rows, in either order."""
+    rng = random.Random(seed)
+    test = {}
+    while len(test) < n_test:
+        test.setdefault(tiny_problem(rng))
+    train = []
+    while len(train) < n_train:
+        a, b = tiny_problem(rng)
+        if (a, b) not in test and (b, a) not in test:
+            train.append(tiny_example(a, b, rng))
+    return train, [dict(id=str(i), problem=tiny_question(a, b), answer=str(a + b)) for i, (a, b) in enumerate(test)]
+
+
+def tiny_tokenizer():
+    """
+    A byte-level BPE tokenizer built as Qwen2.5's is: NFC, Qwen2.5's pre-tokenizer (every digit alone,
+    words with their leading space), the 256 byte symbols first in GPT-2's order (so "\\n" is id 198 as in
+    Qwen), merges, then the special tokens. The merges are learned with the tokenizers library from the
+    words of TINY_WORDS alone, so each of those words is one token and any other text still encodes (as
+    bytes). transformers rebuilds a Qwen2 checkpoint's tokenizer from vocab + merges with Qwen's own
+    pre-tokenizer, which is this one: so it reads this tokenizer exactly as it was built.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    alphabet = list(tiny_byte_symbols().values())
+    trainer = trainers.BpeTrainer(vocab_size=4096, initial_alphabet=alphabet, show_progress=False)
+    tok.train_from_iterator([w for word in TINY_WORDS for w in (word, " " + word)], trainer)
+    # The trainer lists the alphabet in its own order; put the bytes in GPT-2's, keep the merges.
+    learned = json.loads(tok.to_str())["model"]
+    vocab = {s: i for i, s in enumerate(alphabet)}
+    for s in sorted(learned["vocab"], key=learned["vocab"].get):
+        vocab.setdefault(s, len(vocab))
+    tok.model = models.BPE(vocab=vocab, merges=[tuple(m) for m in learned["merges"]])
+    tok.add_special_tokens(SPECIAL_TOKENS)
+    return tok
+
+
+def tiny_byte_symbols() -> dict:
+    """GPT-2's printable stand-in for every byte ({byte: symbol}, what ByteLevel writes), in GPT-2's id
+    order: so "\\n" is id 198 and " " id 220 here, as in Qwen2.5."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return {**{b: chr(b) for b in printable}, **{b: chr(256 + k) for k, b in enumerate(others)}}
+
+
+def _write_atomic(path, write):
+    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.path.basename(path)}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_tiny_tokenizer(tok, out_dir: str):
+    """tokenizer.json and tokenizer_config.json (special tokens, chat template), as Qwen2.5 ships them."""
+    os.makedirs(out_dir, exist_ok=True)
+    added = {str(tok.token_to_id(t)): dict(content=t, lstrip=False, normalized=False, rstrip=False,
+                                           single_word=False, special=True) for t in SPECIAL_TOKENS}
+    config = dict(tokenizer_class="Qwen2Tokenizer", added_tokens_decoder=added, bos_token=None,
+                  eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None,
+                  additional_special_tokens=["<|im_start|>", "<|im_end|>"], chat_template=TINY_CHAT_TEMPLATE,
+                  add_bos_token=False, add_prefix_space=False, clean_up_tokenization_spaces=False,
+                  errors="replace", model_max_length=512, split_special_tokens=False)
+    _write_atomic(os.path.join(out_dir, "tokenizer.json"), tok.save)
+
+    def write_config(p):
+        with open(p, "w") as f:
+            json.dump(config, f, indent=2)
+            f.write("\n")
+    _write_atomic(os.path.join(out_dir, "tokenizer_config.json"), write_config)
+
+
+def tiny_main(argv):
+    p = argparse.ArgumentParser(prog="data.py tiny", description="write the tiny addition task: training rows "
+                                "in s1K format, held-out test problems and a tokenizer")
+    p.add_argument("--out", default=TINY_OUT)
+    p.add_argument("--n-train", type=int, default=TINY_TRAIN)
+    p.add_argument("--n-test", type=int, default=TINY_TEST)
+    p.add_argument("--seed", type=int, default=TINY_SEED)
+    args = p.parse_args(argv)
+    if args.n_train < 1 or args.n_test < 1:
+        raise DataError(f"--n-train and --n-test must be at least 1 (got {args.n_train} and {args.n_test})")
+    train, test = tiny_dataset(args.n_train, args.n_test, args.seed)
+    os.makedirs(args.out, exist_ok=True)
+    for name, rows in (("train.jsonl", train), ("test.jsonl", test)):
+        def write(p, rows=rows):
+            with open(p, "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in rows)
+        _write_atomic(os.path.join(args.out, name), write)
+    tok = tiny_tokenizer()
+    save_tiny_tokenizer(tok, os.path.join(args.out, "tokenizer"))
+    checked = sum("Wait" in r["thinking_trajectories"][0] for r in train)
+    wrong = sum(r["attempt"] != f"Final Answer: {r['answer']}" for r in train)
+    print(f"{args.out}/train.jsonl: {len(train)} problems, {checked} ({100 * checked / len(train):.0f}%) checked "
+          f"after a Wait, {wrong} ({100 * wrong / len(train):.0f}%) answered with a wrong glance")
+    print(f"{args.out}/test.jsonl: {len(test)} held-out problems; {args.out}/tokenizer: {tok.get_vocab_size()} tokens")
+
+
+COMMANDS["tiny"] = tiny_main
 
 
 if __name__ == "__main__":
