@@ -269,12 +269,11 @@ def main():
 # that the very same train.py / sample.py / eval.py run on it: add two 3-digit numbers. Every thinking
 # trace is a hasty solver's. It first writes the sum at a glance, and a glance drops each carry 70% of
 # the time ("What is 347 plus 285?" "Quick sum: 522."). Now and then it writes "Wait", adds column by
-# column with the carries and answers with the checked sum; otherwise it answers with the glance, and
-# some checks are cut off part way (out of time) and answered with the glance too. Whether a trace
-# checks barely depends on its glance (45% of the wrong glances, 20% of the right ones), so a greedy
-# model never checks by itself: budget forcing decides. Forcing "Wait" where it would stop makes it
-# check; a thinking budget that cuts the check short leaves it with the glance. About a third of the
-# training answers are therefore wrong, as a hasty solver's would be.
+# column with the carries and answers with the checked sum (and a few checks end with a second "Wait,
+# that is right."); otherwise it answers with its glance, so about a quarter of the training answers
+# are wrong, as a hasty solver's would be. Whether a trace checks barely depends on its glance (45% of
+# the wrong glances, 20% of the right ones), so a greedy model never checks by itself: budget forcing
+# decides. Forcing "Wait" where it would stop makes it check.
 # Every trace has one layout (3-digit operands, sums below 1000, two-digit column sums, each column
 # named), so the digits a line adds are easy to find: a 0.8M-parameter model learns the check in a
 # few hundred steps, and the glance (every carry at once) stays what the traces taught it.
@@ -288,7 +287,6 @@ TINY_OUT = "data/tiny"
 TINY_TRAIN, TINY_TEST, TINY_SEED = 10000, 200, 0
 TINY_SLIP = 0.7  # the glance drops each carry with this probability
 TINY_CHECK_WRONG, TINY_CHECK_RIGHT = 0.45, 0.2  # how often a wrong / a right glance is checked
-TINY_CUT = 0.3  # checks cut off part way (out of time), answered with the glance
 TINY_TWICE = 0.3  # checks that end with a second "Wait" confirming the sum
 TINY_COLUMNS = ("ones", "tens", "hundreds")  # the check's lines, right to left
 TINY_SYSTEM = "You are a tiny model that adds numbers."  # the chat template's default system prompt
@@ -332,12 +330,10 @@ def tiny_example(a: int, b: int, rng) -> dict:
         carry = s // 10
     thinking, answer = [f"Quick sum: {glance}."], glance
     if rng.random() < (TINY_CHECK_WRONG if glance != a + b else TINY_CHECK_RIGHT):
-        check = "\n".join(["Wait, let me add column by column.", *columns, f"Column sum: {a + b}."])
-        if rng.random() < TINY_CUT:  # out of time: answer with the glance
-            thinking.append(check[:rng.randrange(len("Wait"), len(check) - 1)])
-        else:
-            thinking.append(check + ("\nWait, that is right." if rng.random() < TINY_TWICE else ""))
-            answer = a + b
+        thinking += ["Wait, let me add column by column.", *columns, f"Column sum: {a + b}."]
+        if rng.random() < TINY_TWICE:
+            thinking.append("Wait, that is right.")
+        answer = a + b
     return dict(question=tiny_question(a, b), thinking_trajectories=["\n".join(thinking)],
                 attempt=f"Final Answer: {answer}", answer=str(a + b))
 

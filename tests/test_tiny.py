@@ -40,7 +40,7 @@ def expected_check(a, b):
 
 def test_rows_are_s1k_rows_whose_checks_add_up():
     train, test = data.tiny_dataset(3000, 100, seed=1)
-    kinds = dict.fromkeys(["glance right", "glance wrong", "checked", "cut short", "confirmed", "answered wrong"], 0)
+    kinds = dict.fromkeys(["glance right", "glance wrong", "checked", "confirmed", "answered wrong"], 0)
     for r in train:
         assert set(r) >= {"question", "thinking_trajectories", "attempt"}
         a, b = operands(r["question"])
@@ -54,17 +54,14 @@ def test_rows_are_s1k_rows_whose_checks_add_up():
         kinds["glance right" if glance == a + b else "glance wrong"] += 1
         stated, check = glance, expected_check(a, b)
         if rest:
+            assert rest in (check, check + "\nWait, that is right."), rest
             kinds["checked"] += 1
-            if rest in (check, check + "\nWait, that is right."):
-                stated = a + b
-                kinds["confirmed"] += rest != check
-            else:  # cut off part way: a piece of the check, and the glance as the answer
-                assert rest.startswith("Wait") and check.startswith(rest), rest
-                kinds["cut short"] += 1
+            kinds["confirmed"] += rest != check
+            stated = a + b
         assert r["attempt"] == f"Final Answer: {stated}" and r["answer"] == str(a + b)
         kinds["answered wrong"] += stated != a + b
-    # The hasty solver: right and wrong glances, checks (some cut short, some confirmed), wrong answers.
-    assert all(kinds[k] > 0.01 * len(train) for k in kinds) and kinds["glance wrong"] > 0.3 * len(train), kinds
+    # The hasty solver: right and wrong glances, checks (some confirmed by a second Wait), wrong answers.
+    assert all(kinds[k] > 0.05 * len(train) for k in kinds) and kinds["glance wrong"] > 0.3 * len(train), kinds
     held_out = {operands(r["problem"]) for r in test}
     assert len(held_out) == len(test) == 100 and all(r["answer"] == str(sum(operands(r["problem"]))) for r in test)
     assert not held_out & {operands(r["question"]) for r in train}
