@@ -2,12 +2,13 @@
 Benchmarks against the references, side by side in one run, on random weights of the real shapes (no
 downloads): (1) decoding with sample.py's engine against transformers' generate, and the share of the
 memory-bandwidth roofline it reaches (bandwidth measured in the same run); (2) a training step of
-model.py (chunked loss) + AdamW against transformers' Qwen2ForCausalLM with the same optimizer;
-(3) the memory of the loss at a long sequence, chunked against full logits. Every ratio compares
+model.py (fused head + loss) + AdamW against transformers' Qwen2ForCausalLM with the same optimizer;
+(3) the memory of the loss at a long sequence, fused in chunks against full logits. Every ratio compares
 numbers measured here, now; results go to BENCHMARKS.md by hand.
 
     python bench.py                                    # CPU, fp32: decode at batch 1, training at T=1024,4096, loss
     python bench.py --decode-batch 1,16 --json bench.json
+    python bench.py --skip decode                      # CPU: the training step and the loss memory only
     python bench.py --gpu --json bench-gpu.json        # one GPU (H200: a few minutes): compiled decode vs the
                                                        # HBM roofline, training MFU of a 1.5B shape at T=16384
                                                        # with activation checkpointing in bf16, bf16 vs fp32 logits
@@ -31,7 +32,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from model import Qwen2, Qwen2Config, chunked_cross_entropy, num_params
+from model import Qwen2, Qwen2Config, linear_cross_entropy, num_params
 from sample import Row, decode, weight_bytes_per_token
 from train import PEAK_BF16_FLOPS, training_flops
 
@@ -243,7 +244,7 @@ def train_child(spec, device, dtype) -> dict:
     if spec["impl"] == "ours":
         model = our_model(cfg, device, dtype)
         model.gradient_checkpointing = ckpt
-        loss_fn = lambda ids: model(ids[:, :-1], targets=ids[:, 1:], loss_chunk=spec["loss_chunk"])  # chunked
+        loss_fn = lambda ids: model(ids[:, :-1], targets=ids[:, 1:], loss_chunk=spec["loss_chunk"])  # fused
     else:
         model = reference_model(cfg, device, dtype)
         if ckpt:
@@ -283,8 +284,8 @@ def loss_child(spec, device, dtype) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    if spec["impl"] == "chunked":
-        loss = chunked_cross_entropy(head, x, targets, chunk=spec["loss_chunk"])
+    if spec["impl"] == "fused":
+        loss = linear_cross_entropy(x, head.weight, targets, chunk=spec["loss_chunk"])
     else:  # what a plain implementation does: all logits at once, in fp32
         loss = F.cross_entropy(head(x).float().view(T, VOCAB), targets.view(T))
     loss.backward()
@@ -333,7 +334,7 @@ def bench_loss(args, device, dtype) -> list[dict]:
     results = []
     for T in [int(t) for t in args.loss_seq.split(",")]:
         row = {}
-        for impl in ("chunked", "full"):
+        for impl in ("fused", "full"):
             # full logits: fp32 logits, their log-softmax and their gradient are each T x vocab x 4 bytes
             need = 3 * T * VOCAB * 4
             if impl == "full" and need > 0.8 * free_memory_bytes(device):
@@ -412,15 +413,15 @@ def markdown(res) -> str:
                     continue
                 ratio = (f"{x['speed_vs_transformers']:.2f}x | {x['memory_vs_transformers']:.2f}x"
                          if "speed_vs_transformers" in x else " | ")
-                name = "model.py + chunked loss" if impl == "ours" else "transformers Qwen2ForCausalLM"
+                name = "model.py + fused loss" if impl == "ours" else "transformers Qwen2ForCausalLM"
                 lines.append(f"| {r['seq']} | {name} | {x['tokens_per_s']:.0f} | {x['peak_gb']:.2f} | "
                              f"{x['mfu']:.1%} | {ratio} |")
     if "loss" in res:
         lines += [f"\nLoss forward + backward, vocab {VOCAB}, hidden {res['args']['loss_hidden']}, {res['dtype']}, "
                   f"chunks of {res['args']['loss_chunk']} tokens: memory above the inputs\n",
-                  "| T | chunked GB | full logits GB |", "|---|---|---|"]
+                  "| T | fused GB | full logits GB |", "|---|---|---|"]
         for r in res["loss"]:
-            cell = [r[k].get("error") or f"{r[k]['extra_gb']:.2f}" for k in ("chunked", "full")]
+            cell = [r[k].get("error") or f"{r[k]['extra_gb']:.2f}" for k in ("fused", "full")]
             lines.append(f"| {r['seq']} | {cell[0]} | {cell[1]} |")
     if "parity" in res:
         lines += ["\nbf16 logits against fp32 (2 x 512 random tokens)\n", "| comparison | value |", "|---|---|"]

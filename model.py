@@ -2,9 +2,9 @@
 A hand-written Qwen2 / Qwen2.5 decoder that loads and saves Hugging Face checkpoints.
 
 Read this file top to bottom: the config, then the four building blocks (RMSNorm, rotary embeddings,
-attention with a KV cache, SwiGLU MLP), then the model, then loading and saving. Module names mirror
-the checkpoint (`model.layers.3.self_attn.q_proj.weight`), so `state_dict()` keys *are* the checkpoint's
-keys and loading is a checked copy, not a rename table.
+attention with a KV cache, SwiGLU MLP), then the model and its loss, then loading and saving. Module
+names mirror the checkpoint (`model.layers.3.self_attn.q_proj.weight`), so `state_dict()` keys *are*
+the checkpoint's keys and loading is a checked copy, not a rename table.
 
 What it leaves out: sliding-window attention and scaled RoPE variants (YaRN, dynamic NTK). Qwen2.5
 checkpoints ship with both switched off; configs that switch them on are refused rather than run wrong.
@@ -260,9 +260,12 @@ class Qwen2(nn.Module):
             layer.self_attn.kv_cache = None
 
     def forward(self, idx, targets=None, input_pos=None, position_ids=None, mask=None,
-                loss_reduction="mean", loss_chunk=1024, last_only=False):
+                loss_weights=None, loss_chunk=1024, last_only=False):
         """
-        idx: (B, T) token ids. Returns logits (B, T, vocab) or, with `targets`, the cross-entropy loss.
+        idx: (B, T) token ids. Returns logits (B, T, vocab) or, with `targets` (B, T), the cross-entropy
+        loss: the mean over the targets that are not -100, or with `loss_weights` (B, T) the weighted
+        sum (train.py weights each token by 1 / its sequence's number of targets). The loss never
+        makes the (B, T, vocab) logits; see linear_cross_entropy, `loss_chunk` tokens at a time.
         `last_only` returns the last position's logits only, (B, 1, vocab): all a sampler needs after
         a prefill, without the (B, T, vocab) tensor (16 prompts of 1000 tokens would make ~10 GB of it).
 
@@ -294,35 +297,99 @@ class Qwen2(nn.Module):
 
         if targets is None:
             return self.lm_head(x[:, -1:] if last_only else x)
-        return chunked_cross_entropy(self.lm_head, x, targets, loss_reduction, loss_chunk)
+        return linear_cross_entropy(x, self.lm_head.weight, targets, loss_weights, loss_chunk)
 
 
-def _ce_chunk(lm_head, x, targets):
-    return F.cross_entropy(lm_head(x).float(), targets, ignore_index=-100, reduction="none")
+# -----------------------------------------------------------------------------
+# The loss: the output head and cross-entropy fused, one chunk of tokens at a time
 
 
-def chunked_cross_entropy(lm_head, x, targets, reduction="mean", chunk=1024):
+def linear_cross_entropy(x, weight, targets, loss_weights=None, chunk=1024):
     """
-    Cross-entropy of lm_head(x) against targets (-100 = ignore) without ever holding the whole
-    (T, vocab) fp32 logits: a 32768-token sequence with a 152064-row head would need ~20 GB for them.
-    Each chunk of `chunk` tokens is checkpointed, so the backward pass recomputes its logits instead of
-    keeping them. reduction: "mean" over target tokens, "sum", or "none" for per-token losses (B, T).
+    Cross-entropy of the logits x @ weight.T against targets (-100 = ignore), without ever holding the
+    whole (T, vocab) fp32 logits: a 32768-token sequence with a 152064-row head would need ~20 GB for them.
+    x (B, T, C), weight (vocab, C), targets (B, T). Returns sum(loss_weights * per-token loss), a scalar;
+    without loss_weights, the mean over the targets (F.cross_entropy's default). Ignored targets count
+    for nothing whatever their weight. The head has no bias, as in every Qwen2 checkpoint.
     """
-    B, T, C = x.shape
-    x, flat_targets = x.reshape(B * T, C), targets.reshape(B * T)
-    losses = []
-    for i in range(0, B * T, chunk):
-        xs, ts = x[i:i + chunk], flat_targets[i:i + chunk]
-        if torch.is_grad_enabled() and x.requires_grad:
-            losses.append(checkpoint(_ce_chunk, lm_head, xs, ts, use_reentrant=False))
-        else:
-            losses.append(_ce_chunk(lm_head, xs, ts))
-    loss = torch.cat(losses)  # (B*T,), zero at ignored positions
-    if reduction == "none":
-        return loss.view(B, T)
-    if reduction == "sum":
-        return loss.sum()
-    return loss.sum() / (flat_targets != -100).sum().clamp(min=1)
+    C = x.shape[-1]
+    x, targets = x.reshape(-1, C), targets.reshape(-1)  # (N, C), (N,)
+    ftype = torch.promote_types(x.dtype, torch.float32)  # of the softmax and the loss: fp32, or fp64
+    trained = targets != -100
+    if loss_weights is None:
+        loss_weights = trained.to(ftype) / trained.sum().clamp(min=1)
+    w = torch.where(trained, loss_weights.reshape(-1).to(ftype), 0.0)  # (N,)
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return FusedLinearCrossEntropy.apply(x, weight, targets, w, chunk)
+    loss = torch.zeros((), dtype=ftype, device=x.device)  # evaluation: the same loss, no gradient work
+    for i in range(0, len(x), chunk):
+        _, _, ce = _logits_and_loss(x[i:i + chunk], weight, targets[i:i + chunk])
+        loss += (w[i:i + chunk] * ce).sum()
+    return loss
+
+
+def _logits_and_loss(x, weight, targets):
+    """fp32 logits (n, vocab), their log-sum-exp and the per-token cross-entropy (n,) of a chunk."""
+    # The matmul runs in the weights' dtype (bf16 accumulates in fp32 inside it), as lm_head(x).float()
+    # would; the softmax is fp32, where bf16 would lose the small probabilities of a 152k vocabulary.
+    # (fp64 stays fp64, for the tests.)
+    logits = (x @ weight.T).to(torch.promote_types(x.dtype, torch.float32))
+    lse = torch.logsumexp(logits, dim=-1)
+    ce = lse - logits.gather(1, targets.clamp(min=0)[:, None]).squeeze(1)  # ignored rows: weight 0
+    return logits, lse, ce
+
+
+class FusedLinearCrossEntropy(torch.autograd.Function):
+    """
+    The loss and its gradients in one pass over the chunks, in the forward pass. Backpropagating
+    through lm_head and cross-entropy would keep every chunk's logits (the memory we avoid), or
+    recompute them in the backward pass (one more head matmul; the head is a large share of a
+    small model's FLOPs). Instead each chunk's logits live only long enough to give
+      d loss / d logits = w * (softmax - onehot(target))    (n, vocab), w the per-token weight,
+    which two matmuls turn into the chunk's rows of d loss / dx and its share of d loss / d weight.
+    Only those two, (N, C) and (vocab, C), are kept for backward(). The loss is linear in them, so
+    backward() scales them by the incoming gradient (gradient accumulation divides the loss).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, targets, w, chunk):
+        need_dx, need_dw = ctx.needs_input_grad[:2]
+        grad_x = torch.empty_like(x) if need_dx else None
+        # Summed over the chunks in fp32: a bf16 running sum would round away the later chunks' share.
+        grad_w = torch.zeros_like(weight, dtype=w.dtype) if need_dw else None
+        loss = torch.zeros((), dtype=w.dtype, device=x.device)
+        for i in range(0, len(x), chunk):
+            xs, ts, ws = x[i:i + chunk], targets[i:i + chunk], w[i:i + chunk]
+            logits, lse, ce = _logits_and_loss(xs, weight, ts)
+            loss += (ws * ce).sum()
+            g = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits  (n, vocab)
+            g[torch.arange(len(ts), device=ts.device), ts.clamp(min=0)] -= 1  # softmax - onehot
+            g = g.to(x.dtype)
+            # The weights scale rows of g; applying them to the narrow sides of the two matmuls
+            # (n x C each) saves a pass over the wide (n x vocab) one.
+            if need_dx:
+                grad_x[i:i + chunk] = (g @ weight) * ws[:, None]
+            if need_dw:  # grad_w += g.T @ (w * xs)    (vocab, C)
+                xw = (xs * ws[:, None]).to(x.dtype)
+                if grad_w.dtype == x.dtype:
+                    grad_w.addmm_(g.T, xw)  # in place: no (vocab, C) temporary
+                else:
+                    grad_w += g.T @ xw
+        ctx.grads = grad_x, grad_w
+        ctx.weight_dtype = weight.dtype
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        if ctx.grads is None:
+            raise RuntimeError("the fused loss keeps its gradients for one backward pass only")
+        grad_x, grad_w = ctx.grads
+        ctx.grads = None  # scaled in place below: a second backward would scale them twice
+        if grad_x is not None:
+            grad_x = grad_x.mul_(grad_loss)
+        if grad_w is not None:
+            grad_w = grad_w.mul_(grad_loss).to(ctx.weight_dtype)
+        return grad_x, grad_w, None, None, None
 
 
 # -----------------------------------------------------------------------------

@@ -22,7 +22,6 @@ import re
 import shutil
 import sys
 import time
-import warnings
 
 import torch
 import torch.distributed as dist
@@ -94,7 +93,8 @@ def get_args(argv=None):
     p.add_argument("--defer-grad-sync", action="store_true", help="accumulate unsharded gradients and "
                    "reduce once per step: less communication, but a full gradient copy per GPU (not for 32B)")
     p.add_argument("--compile", action="store_true", help="torch.compile each decoder block")
-    p.add_argument("--loss-chunk", type=int, default=1024, help="tokens per chunk of the chunked cross-entropy")
+    p.add_argument("--loss-chunk", type=int, default=1024,
+                   help="tokens per chunk of the fused output head and cross-entropy (model.py)")
     p.add_argument("--save-every", type=int, default=SAVE_EVERY, help="checkpoint every N steps (and at the end)")
     p.add_argument("--keep-checkpoints", type=int, default=1, help="how many of the newest checkpoints to keep")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out-dir")
@@ -402,9 +402,6 @@ def train(args):
 
     last_ckpt = resume_from
     model.train()
-    # model(..., loss_reduction="none") returns a view of the per-token losses; FSDP2 warns in case it is
-    # modified in place, which would skip its backward hook. Nothing here writes to it.
-    warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view")
     # The bar is for a terminal; a batch job's log gets the per-step lines only.
     bar = tqdm(total=total_steps, initial=start, disable=not (master and sys.stderr.isatty()), unit="step",
                dynamic_ncols=True)
@@ -420,13 +417,16 @@ def train(args):
             x, y = (t.to(device) for t in collate(examples, ids))  # (B, T) each
             if args.defer_grad_sync:
                 model.set_requires_gradient_sync(a == len(micro) - 1)
-            per_token = model(x, targets=y, loss_reduction="none", loss_chunk=args.loss_chunk)  # (B, T)
-            per_seq = per_token.sum(1) / (y != IGNORE).sum(1)  # (B,) each sequence's mean over its targets
+            # Each sequence's loss is the mean over its targets: weight each target token by 1 / their
+            # number in its sequence, and the model's weighted sum is the micro-batch's sum of those means.
+            trained = y != IGNORE  # (B, T)
+            weights = trained / trained.sum(1, keepdim=True)  # (B, T)
+            seq_losses = model(x, targets=y, loss_weights=weights, loss_chunk=args.loss_chunk)
             # FSDP averages gradients over the processes, so each divides by its own share of the batch:
             # the gradient is then that of the mean over all G sequences.
-            (per_seq.sum() / (accum * args.micro_batch)).backward()
+            (seq_losses / (accum * args.micro_batch)).backward()
             lengths = [len(examples[i][0]) - 1 for i in ids]
-            stats[0] += per_seq.detach().sum()  # no host sync: read once per step, after the all-reduce
+            stats[0] += seq_losses.detach()  # no host sync: read once per step, after the all-reduce
             stats[1] += sum(lengths)
             stats[2] += sum(training_flops(config, n_matmul, T) for T in lengths)
         dist.all_reduce(stats)

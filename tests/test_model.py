@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from conftest import ROOT, make_tiny_checkpoint
-from model import CheckpointError, Qwen2, Qwen2Config
+from model import CheckpointError, Qwen2, Qwen2Config, linear_cross_entropy
 
 # (tie, heads, kv heads, head_dim, vocab): GQA ratios 1, 2 and 7; head_dim 32 and 64; odd vocab sizes
 SHAPES = [
@@ -129,33 +129,116 @@ def test_loads_transformers_sharded_checkpoint(tmp_path):
         assert torch.equal(ours(idx), ref(idx).logits)
 
 
-def test_chunked_loss_equals_full_cross_entropy(tmp_path):
-    path, _ = make_tiny_checkpoint(tmp_path / "ckpt", vocab_size=333)
-    m = Qwen2.from_pretrained(path)
-    idx = torch.randint(0, 333, (2, 37))
-    targets = torch.randint(0, 333, (2, 37))
+@pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
+def test_loss_and_gradients_match_transformers(tmp_path, tie):
+    # transformers shifts the labels itself: its loss on idx is ours on idx[:, :-1] against idx[:, 1:]
+    path, ref = make_tiny_checkpoint(tmp_path / "ckpt", vocab_size=333, tie=tie)
+    ours = Qwen2.from_pretrained(path)
+    idx = torch.randint(0, 333, (2, 38))
+    labels = idx.clone()
+    labels[0, :10] = -100  # a prompt
+    labels[1, 31:] = -100  # padding
+    ref_loss = ref(idx, labels=labels).loss
+    ref_loss.backward()
+    loss = ours(idx[:, :-1], targets=labels[:, 1:], loss_chunk=16)  # 16 does not divide 2 x 37
+    loss.backward()
+    assert abs(loss.item() - ref_loss.item()) <= 1e-5
+    for name in ("model.embed_tokens.weight", "lm_head.weight", "model.layers.0.mlp.up_proj.weight"):
+        a, b = ours.get_parameter(name).grad, ref.get_parameter(name).grad
+        assert (a - b).abs().max().item() <= 1e-5 * b.abs().max().item(), name
+
+
+def full_loss(x, W, targets, weights=None):
+    """The reference: F.cross_entropy on the whole logits."""
+    ce = F.cross_entropy((x @ W.T).flatten(0, 1), targets.flatten(), reduction="none")
+    if weights is None:
+        return ce.sum() / (targets != -100).sum()
+    return (ce * weights.flatten()).sum()
+
+
+def loss_inputs(dtype=torch.float64, B=2, T=37, C=24, V=333):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(B, T, C, generator=gen, dtype=dtype).requires_grad_()
+    W = (torch.randn(V, C, generator=gen, dtype=dtype) * 0.5).requires_grad_()
+    targets = torch.randint(0, V, (B, T), generator=gen)
     targets[0, :9] = -100
     targets[1, 30:] = -100
-    logits = m(idx)
-    ref = F.cross_entropy(logits.view(-1, 333), targets.view(-1), ignore_index=-100)
-    ref.backward()
-    ref_grad = m.model.layers[0].mlp.up_proj.weight.grad.clone()
-    m.zero_grad()
+    weights = torch.rand(B, T, generator=gen, dtype=dtype) + 0.1
+    return x, W, targets, weights
 
-    seen = []  # the head must only ever see `loss_chunk` rows at a time
-    hook = m.lm_head.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[0]))
-    loss = m(idx, targets=targets, loss_chunk=16)
+
+def grads_of(loss, *tensors):
+    gs = torch.autograd.grad(loss, tensors)
+    return [loss.detach(), *gs]
+
+
+@pytest.mark.parametrize("chunk", [1, 16, 37, 1000])
+@pytest.mark.parametrize("weighted", [False, True], ids=["mean", "weighted"])
+def test_fused_loss_equals_full_cross_entropy_fp64(chunk, weighted):
+    x, W, targets, weights = loss_inputs()
+    weights = weights if weighted else None
+    want = grads_of(full_loss(x, W, targets, weights), x, W)
+    got = grads_of(linear_cross_entropy(x, W, targets, weights, chunk=chunk), x, W)
+    for a, b in zip(got, want):
+        assert a.dtype == torch.float64 and a.shape == b.shape
+        assert (a - b).abs().max().item() <= 1e-12
+    assert got[1][1, 30:].abs().max() == 0  # ignored targets: no gradient, whatever their weight
+
+
+def test_fused_loss_scales_with_the_incoming_gradient():
+    # gradient accumulation: (loss / n).backward(), twice into the same .grad
+    x, W, targets, weights = loss_inputs()
+    (0.5 * full_loss(x, W, targets, weights)).backward()
+    want = x.grad.clone(), W.grad.clone()
+    x.grad = W.grad = None
+    for _ in range(2):
+        (0.25 * linear_cross_entropy(x, W, targets, weights, chunk=16)).backward()
+    assert torch.allclose(x.grad, want[0], rtol=0, atol=1e-12)
+    assert torch.allclose(W.grad, want[1], rtol=0, atol=1e-12)
+    loss = linear_cross_entropy(x, W, targets, weights, chunk=16)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="one backward pass"):
+        loss.backward()  # its saved gradients were scaled in place: refused, not silently wrong
+
+
+def test_fused_loss_tied_weight_sums_both_gradients():
+    # The tied head: the embedding lookup and the head each give the shared matrix a gradient.
+    x, W, targets, weights = loss_inputs()
+    idx = torch.randint(0, 333, (2, 37))
+    h = lambda: torch.tanh(W[idx] + x.detach())  # (B, T, C) from the embedding rows
+    want = torch.autograd.grad(full_loss(h(), W, targets, weights), W)[0]
+    got = torch.autograd.grad(linear_cross_entropy(h(), W, targets, weights, chunk=10), W)[0]
+    assert (got - want).abs().max().item() <= 1e-12
+
+
+def test_fused_loss_without_grad_and_with_a_frozen_side():
+    x, W, targets, weights = loss_inputs()
+    want = full_loss(x, W, targets, weights).item()
+    with torch.no_grad():  # evaluation: the loss alone
+        loss = linear_cross_entropy(x, W, targets, weights, chunk=16)
+    assert loss.grad_fn is None and abs(loss.item() - want) <= 1e-12
+    for train_x in (False, True):  # only the head trains, then only what feeds it
+        a, b = x.detach().requires_grad_(train_x), W.detach().requires_grad_(not train_x)
+        trained = a if train_x else b
+        got = torch.autograd.grad(linear_cross_entropy(a, b, targets, weights, chunk=16), trained)[0]
+        ref = torch.autograd.grad(full_loss(a, b, targets, weights), trained)[0]
+        assert (got - ref).abs().max().item() <= 1e-12
+
+
+def test_fused_loss_bf16():
+    # bf16 weights and activations: bf16 logits, an fp32 softmax, gradients returned in bf16
+    x64, W64, targets, weights = loss_inputs()
+    x, W = x64.detach().bfloat16().requires_grad_(), W64.detach().bfloat16().requires_grad_()
+    loss = linear_cross_entropy(x, W, targets, weights, chunk=16)
     loss.backward()
-    hook.remove()
-    assert max(seen) == 16 and sum(seen) >= 2 * 37
-    assert torch.allclose(loss, ref, atol=1e-6)
-    assert torch.allclose(m.model.layers[0].mlp.up_proj.weight.grad, ref_grad, atol=1e-6)
-
-    per_token = m(idx, targets=targets, loss_reduction="none", loss_chunk=16)
-    ref_tok = F.cross_entropy(logits.view(-1, 333), targets.view(-1), ignore_index=-100, reduction="none")
-    assert per_token.shape == (2, 37)
-    assert torch.allclose(per_token.view(-1), ref_tok, atol=1e-6)
-    assert torch.allclose(m(idx, targets=targets, loss_reduction="sum"), ref_tok.sum(), atol=1e-4)
+    assert loss.dtype == torch.float32 and x.grad.dtype == W.grad.dtype == torch.bfloat16
+    xr, Wr = x.detach().double().requires_grad_(), W.detach().double().requires_grad_()
+    ref = full_loss(xr, Wr, targets, weights)  # the same bf16 numbers, in fp64
+    ref.backward()
+    assert abs(loss.item() - ref.item()) <= 2 ** -8 * ref.item()
+    for a, b in ((x.grad, xr.grad), (W.grad, Wr.grad)):
+        err = (a.double() - b).abs().max().item() / b.abs().max().item()
+        assert err <= 2 ** -6
 
 
 def test_gradient_checkpointing_gives_same_gradients(tmp_path):
