@@ -323,20 +323,25 @@ def linear_cross_entropy(x, weight, targets, loss_weights=None, chunk=1024):
         return FusedLinearCrossEntropy.apply(x, weight, targets, w, chunk)
     loss = torch.zeros((), dtype=ftype, device=x.device)  # evaluation: the same loss, no gradient work
     for i in range(0, len(x), chunk):
-        _, _, ce = _logits_and_loss(x[i:i + chunk], weight, targets[i:i + chunk])
+        _, ce = _softmax_and_loss(x[i:i + chunk], weight, targets[i:i + chunk])
         loss += (w[i:i + chunk] * ce).sum()
     return loss
 
 
-def _logits_and_loss(x, weight, targets):
-    """fp32 logits (n, vocab), their log-sum-exp and the per-token cross-entropy (n,) of a chunk."""
+def _softmax_and_loss(x, weight, targets):
+    """The softmax of a chunk's logits x @ weight.T, (n, vocab) in fp32, and its cross-entropy (n,)."""
     # The matmul runs in the weights' dtype (bf16 accumulates in fp32 inside it), as lm_head(x).float()
     # would; the softmax is fp32, where bf16 would lose the small probabilities of a 152k vocabulary.
     # (fp64 stays fp64, for the tests.)
     logits = (x @ weight.T).to(torch.promote_types(x.dtype, torch.float32))
-    lse = torch.logsumexp(logits, dim=-1)
-    ce = lse - logits.gather(1, targets.clamp(min=0)[:, None]).squeeze(1)  # ignored rows: weight 0
-    return logits, lse, ce
+    # Written out and in place rather than logsumexp then exp: one (n, vocab) buffer and fewer passes
+    # over it. On 2 CPU cores, for 1024 x 151936 logits: 0.3 s against 0.9-1.4 s, beside 1.3 s a matmul.
+    m = logits.amax(dim=-1, keepdim=True)  # (n, 1)
+    target_logit = logits.gather(1, targets.clamp(min=0)[:, None])  # ignored rows: any; their weight is 0
+    p = logits.sub_(m).exp_()
+    total = p.sum(dim=-1, keepdim=True)
+    ce = (total.log() + m - target_logit).squeeze(1)  # log-sum-exp minus the target's logit
+    return p.div_(total), ce
 
 
 class FusedLinearCrossEntropy(torch.autograd.Function):
@@ -360,9 +365,8 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         loss = torch.zeros((), dtype=w.dtype, device=x.device)
         for i in range(0, len(x), chunk):
             xs, ts, ws = x[i:i + chunk], targets[i:i + chunk], w[i:i + chunk]
-            logits, lse, ce = _logits_and_loss(xs, weight, ts)
+            g, ce = _softmax_and_loss(xs, weight, ts)  # (n, vocab), (n,)
             loss += (ws * ce).sum()
-            g = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits  (n, vocab)
             g[torch.arange(len(ts), device=ts.device), ts.clamp(min=0)] -= 1  # softmax - onehot
             g = g.to(x.dtype)
             # The weights scale rows of g; applying them to the narrow sides of the two matmuls
