@@ -15,8 +15,9 @@ numbers measured here, now; results go to BENCHMARKS.md by hand.
 
 Training and loss runs each take a fresh process, so each peak memory is its own: peak RSS on CPU,
 torch.cuda.max_memory_allocated on GPU. On GPU both models train with bf16 weights and AdamW states
-(train.py keeps fp32 master weights under FSDP; the matmuls of a step, which MFU counts, are the same). What it leaves out: multi-GPU training (train.py's FSDP), and
-the KV cache in the roofline (at a short context it is a tiny share of the bytes a step reads).
+(train.py keeps fp32 master weights under FSDP; the matmuls of a step, which MFU counts, are the same).
+What it leaves out: multi-GPU training (train.py's FSDP), and the KV cache in the roofline (at a short
+context it is a tiny share of the bytes a step reads).
 """
 
 import argparse
