@@ -233,11 +233,17 @@ def choice_letter(extracted):
     return None
 
 
-def choice_equal(extracted, gold):
-    return choice_letter(extracted) == gold.strip().upper()  # no letter: wrong (the reference said "A")
+GRADERS = {"integer": integer_equal, "math": math_equal,
+           "choice": lambda letter, gold: letter == gold.strip().upper()}
 
 
-GRADERS = {"integer": integer_equal, "math": math_equal, "choice": choice_equal}
+def check_answer(response, gold, grader):
+    """(the answer extracted from a whole response, is it right). GPQA's answer is the letter it picks: an
+    answer without one counts as no answer, and as wrong (the reference took it for "A")."""
+    extracted = extract_answer(response)
+    if grader == "choice" and extracted is not None:
+        extracted = choice_letter(extracted)
+    return extracted, extracted is not None and GRADERS[grader](extracted, str(gold))
 
 
 def grade(response: str, gold: str, task: str) -> bool:
@@ -245,8 +251,7 @@ def grade(response: str, gold: str, task: str) -> bool:
     grader = TASKS[task]["grader"] if task in TASKS else task
     if grader not in GRADERS:
         raise ValueError(f"unknown task or grader {task!r}; choose from {', '.join([*TASKS, *GRADERS])}")
-    extracted = extract_answer(response)
-    return extracted is not None and GRADERS[grader](extracted, str(gold))
+    return check_answer(response, gold, grader)[1]
 
 
 # -----------------------------------------------------------------------------
@@ -477,19 +482,17 @@ def evaluate(args):
     n_todo = sum(map(len, todo.values()))
     print(f"{len(tasks)} task(s) x {len(settings)} setting(s): {n_todo} samples to generate, "
           f"{sum(len(rows) for rows, _ in tasks.values()) * len(settings) - n_todo} already in {samples_path}")
-    model = load_model(args) if n_todo else None  # a bad --model fails before anything is written
 
     def save(complete):
+        os.makedirs(args.out, exist_ok=True)
         results = summarize(tasks, settings, done)
         payload = dict(config=config, settings=[setting_name(*s) for s in settings], complete=complete,
                        updated=time.strftime("%Y-%m-%d %H:%M:%S"), tasks=results)
         write_text(results_path, json.dumps(payload, indent=2) + "\n")
         return results
 
-    os.makedirs(args.out, exist_ok=True)
-    save(complete=False)
     if n_todo:
-        generate_all(args, model, tasks, settings, todo, done, samples_path, save)
+        generate_all(args, tasks, todo, done, samples_path, save)
     results = save(complete=True)
     print_table(results)
     plot(results, os.path.join(args.out, "scaling.png"))
@@ -497,68 +500,58 @@ def evaluate(args):
     return results
 
 
-def load_model(args):
-    import sample
-    try:
-        return sample.load_model(args.model, device=args.device, dtype=args.dtype)
-    except (ValueError, OSError, AttributeError) as e:  # CheckpointError is a ValueError; a bad --dtype
-        raise BadInput(f"--model {args.model}: {e}") from None
-
-
-def generate_all(args, model, tasks, settings, todo, done, samples_path, save):
+def generate_all(args, tasks, todo, done, samples_path, save):
     """Generate and grade every pending sample, appending each batch to samples.jsonl as it finishes."""
     import torch
     from tqdm import tqdm
 
     import sample
-    model, tokenizer = model
+    try:  # a bad --model fails here, before anything is written
+        model, tokenizer = sample.load_model(args.model, device=args.device, dtype=args.dtype)
+    except (ValueError, OSError) as e:  # a CheckpointError or an unavailable --device are ValueErrors
+        raise BadInput(f"--model {args.model}: {e}") from None
+    save(complete=False)  # results.json before any sample: a rerun into this --out checks its config
     with open(samples_path, "a", encoding="utf-8") as out:
-        for budget, wait in settings:
+        for (name, (budget, wait)), pending in todo.items():
+            if not pending:
+                continue
+            rows, grader = tasks[name]
             key = setting_name(budget, wait)
-            for name, (rows, grader) in tasks.items():
-                pending = todo[(name, (budget, wait))]
-                if not pending:
-                    continue
-                finished = [done[(name, key, r["id"])] for r in rows if (name, key, r["id"]) in done]
-                bar = tqdm(total=len(rows), initial=len(finished), desc=f"{name} {key}", unit="sample",
-                           dynamic_ncols=True)
-                t0, new_tokens = time.time(), 0
-                for i in range(0, len(pending), args.batch_size):
-                    batch = pending[i:i + args.batch_size]
-                    try:
-                        gens = sample.generate(
-                            model, tokenizer, [r["problem"] for r in batch], max_new_tokens=args.max_new_tokens,
-                            max_thinking_tokens=budget, wait=wait, wait_str=args.wait_str,
-                            temperature=args.temperature, seed=args.seed, compile=args.compile)
-                    except sample.InputError as e:
-                        raise BadInput(f"{name}: {e}") from None
-                    except torch.OutOfMemoryError:
-                        raise BadInput(f"out of memory with --batch-size {args.batch_size}; lower it or "
-                                       "--max-new-tokens (finished samples are kept)") from None
-                    lines = []
-                    for r, g in zip(batch, gens):
-                        s = grade_generation(name, key, budget, wait, r, g, grader)
-                        done[(name, key, r["id"])] = s
-                        finished.append(s)
-                        lines.append(json.dumps(s, ensure_ascii=False) + "\n")
-                        new_tokens += len(g.token_ids)
-                    out.write("".join(lines))  # one write per batch, then onto the disk
-                    out.flush()
-                    os.fsync(out.fileno())
-                    bar.update(len(batch))
-                    bar.set_postfix(acc=f"{100.0 * sum(s['correct'] for s in finished) / len(finished):.1f}%",
-                                    tok_s=f"{new_tokens / (time.time() - t0):.0f}")
-                bar.close()
-                save(complete=False)
+            finished = [done[(name, key, r["id"])] for r in rows if (name, key, r["id"]) in done]
+            bar = tqdm(total=len(rows), initial=len(finished), desc=f"{name} {key}", unit="sample", dynamic_ncols=True)
+            t0, new_tokens = time.time(), 0
+            for i in range(0, len(pending), args.batch_size):
+                batch = pending[i:i + args.batch_size]
+                try:
+                    gens = sample.generate(
+                        model, tokenizer, [r["problem"] for r in batch], max_new_tokens=args.max_new_tokens,
+                        max_thinking_tokens=budget, wait=wait, wait_str=args.wait_str,
+                        temperature=args.temperature, seed=args.seed, compile=args.compile)
+                except sample.InputError as e:
+                    raise BadInput(f"{name}: {e}") from None
+                except torch.OutOfMemoryError:
+                    raise BadInput(f"out of memory with --batch-size {args.batch_size}; lower it or "
+                                   "--max-new-tokens (finished samples are kept)") from None
+                graded = [grade_generation(name, key, budget, wait, r, g, grader) for r, g in zip(batch, gens)]
+                done.update({(name, key, s["id"]): s for s in graded})
+                finished += graded
+                new_tokens += sum(s["new_tokens"] for s in graded)
+                # one write a batch, then onto the disk
+                out.write("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in graded))
+                out.flush()
+                os.fsync(out.fileno())
+                bar.update(len(batch))
+                bar.set_postfix(acc=f"{100.0 * sum(s['correct'] for s in finished) / len(finished):.1f}%",
+                                tok_s=f"{new_tokens / (time.time() - t0):.0f}")
+            bar.close()
+            save(complete=False)
 
 
 def grade_generation(task, key, budget, wait, row, gen, grader):
-    extracted = extract_answer(gen.text)
-    if grader == "choice" and extracted is not None:
-        extracted = choice_letter(extracted)  # an answer without a letter counts as no answer
-    correct = extracted is not None and GRADERS[grader](extracted, row["gold"])
+    """One line of samples.jsonl."""
+    extracted, correct = check_answer(gen.text, row["gold"], grader)
     return dict(task=task, setting=key, id=row["id"], budget=budget, wait=wait, prompt=gen.prompt,
-                response=gen.text, extracted=extracted, gold=row["gold"], correct=bool(correct),
+                response=gen.text, extracted=extracted, gold=row["gold"], correct=correct,
                 thinking_tokens=gen.thinking_tokens, waits=gen.waits, forced_answer=gen.forced_answer,
                 finish_reason=gen.finish_reason, new_tokens=len(gen.token_ids))
 
@@ -590,7 +583,8 @@ def parse_args(argv=None):
     p.add_argument("--limit", type=int, help="only the first N problems of each task")
     p.add_argument("--seed", type=int, default=d["seed"], help="sampling seed when temperature > 0")
     p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
-    p.add_argument("--dtype", help="float32, bfloat16 or float16 (default: bfloat16 on a GPU that has it, else float32)")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="default: bfloat16 on a GPU that has it, else float32")
     p.add_argument("--compile", action="store_true", help="compile the decode step (GPU)")
     return p.parse_args(argv)
 
