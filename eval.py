@@ -33,6 +33,7 @@ import threading
 import time
 from functools import lru_cache
 from itertools import product
+from pathlib import Path
 
 # -----------------------------------------------------------------------------
 # Defaults (s1's evaluation: greedy decoding, at most 32768 new tokens in all)
@@ -96,8 +97,8 @@ def gpqa_rows(records):
     """Question + "\\n\\nA) ..\\nB) ..\\nC) ..\\nD) .." with the choices shuffled by a fixed seed."""
     rows = []
     for i, r in enumerate(records):
-        choices = [r["Correct Answer"], r["Incorrect Answer 1"], r["Incorrect Answer 2"], r["Incorrect Answer 3"]]
-        choices = [c.strip() for c in choices]
+        choices = [r[k].strip() for k in ("Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2",
+                                          "Incorrect Answer 3")]
         order = list(range(4))
         random.Random(f"gpqa-{GPQA_SEED}-{i}").shuffle(order)  # str seeds are stable across runs
         lines = [f"{'ABCD'[k]}) {choices[j]}" for k, j in enumerate(order)]
@@ -132,13 +133,13 @@ def read_records(path):
             if path.endswith(".csv"):
                 return list(csv.DictReader(f))
             return [json.loads(line) for line in f if line.strip()]
-    except (OSError, ValueError, UnicodeDecodeError) as e:
+    except (OSError, ValueError) as e:  # ValueError: bad JSON or bad UTF-8
         raise BadInput(f"{path}: cannot read it ({type(e).__name__}: {e})") from None
 
 
 def load_task(name, data_dir=None):
     """The rows of one task: [{id, problem, gold}], and the grader's name."""
-    if name.endswith(".jsonl") and name not in TASKS:
+    if name.endswith(".jsonl"):
         if not os.path.isfile(name):
             raise BadInput(f"{name}: no such file; --tasks takes task names ({', '.join(TASKS)}) or jsonl files")
         return jsonl_rows(read_records(name)), "math"
@@ -338,7 +339,7 @@ def setting_name(budget, wait):
 def sweep_settings(args):
     """One (budget, wait) per run: every budget of --budgets with every wait of --waits."""
     budgets = (parse_list(args.budgets, parse_budget, "--budgets", "512,1024,2048") if args.budgets
-               else [parse_budget(args.max_thinking_tokens) if args.max_thinking_tokens is not None else None])
+               else [parse_budget(args.max_thinking_tokens)])
     waits = parse_list(args.waits, parse_wait, "--waits", "0,1,2,4") if args.waits else [parse_wait(args.wait)]
     return list(product(budgets, waits))
 
@@ -358,10 +359,7 @@ def atomic_write(path, write):
 
 
 def write_text(path, text):
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-    atomic_write(path, write)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def read_samples(path):
@@ -560,28 +558,25 @@ def grade_generation(task, key, budget, wait, row, gen, grader):
 # Command line
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.error = lambda message: die(message)  # one line, exit code 2 (argparse would add the usage)
-    d = DEFAULTS
-    p.add_argument("--tasks", default=d["tasks"], help=f"comma-separated: {', '.join(TASKS)}, or a jsonl file "
-                   "of problem/answer rows (default %(default)s)")
-    p.add_argument("--model", default=d["model"], help="checkpoint directory or hub id (default %(default)s)")
-    p.add_argument("--data-dir", default=d["data_dir"], help="local data files, laid out as ../shared/data "
-                   f"(default: ./{LOCAL_DATA_DIR}/ when the file is there, else the hub)")
-    p.add_argument("--out", default=d["out"], help="output directory; a rerun skips finished samples "
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.error = die  # one line, exit code 2 (argparse would add the usage)
+    p.set_defaults(**DEFAULTS)  # the flags below take their defaults from DEFAULTS
+    p.add_argument("--tasks", help=f"comma-separated: {', '.join(TASKS)}, or a jsonl file of problem/answer rows "
                    "(default %(default)s)")
-    p.add_argument("--max-thinking-tokens", default=d["max_thinking_tokens"],
-                   help="thinking budget: an int, auto or none (default: none)")
-    p.add_argument("--wait", default=d["wait"], help="how many times to replace the end of thinking by "
-                   "--wait-str (default %(default)s)")
-    p.add_argument("--wait-str", default=d["wait_str"], help="default %(default)s")
+    p.add_argument("--model", help="checkpoint directory or hub id (default %(default)s)")
+    p.add_argument("--data-dir", help="local data files, laid out as ../shared/data "
+                   f"(default: ./{LOCAL_DATA_DIR}/ when the file is there, else the hub)")
+    p.add_argument("--out", help="output directory; a rerun skips finished samples (default %(default)s)")
+    p.add_argument("--max-thinking-tokens", help="thinking budget: an int, auto or none (default: none)")
+    p.add_argument("--wait", help="how many times to replace the end of thinking by --wait-str (default %(default)s)")
+    p.add_argument("--wait-str", help="default %(default)s")
     p.add_argument("--budgets", help="sweep: comma-separated budgets, e.g. 512,1024,2048,4096,8192")
     p.add_argument("--waits", help="sweep: comma-separated wait counts, e.g. 0,1,2,4")
-    p.add_argument("--temperature", type=float, default=d["temperature"], help="0 = greedy (default %(default)s)")
-    p.add_argument("--max-new-tokens", type=int, default=d["max_new_tokens"], help="default %(default)s")
-    p.add_argument("--batch-size", type=int, default=d["batch_size"], help="default %(default)s")
+    p.add_argument("--temperature", type=float, help="0 = greedy (default %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, help="default %(default)s")
+    p.add_argument("--batch-size", type=int, help="default %(default)s")
     p.add_argument("--limit", type=int, help="only the first N problems of each task")
-    p.add_argument("--seed", type=int, default=d["seed"], help="sampling seed when temperature > 0")
+    p.add_argument("--seed", type=int, help="sampling seed when temperature > 0")
     p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
                    help="default: bfloat16 on a GPU that has it, else float32")
