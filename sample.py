@@ -277,10 +277,9 @@ def load_model(model_path: str, device=None, dtype=None):
     """A model and its tokenizer from a checkpoint directory or hub id; device and dtype chosen if None."""
     from transformers import AutoTokenizer
 
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     available = dict(cuda=torch.cuda.is_available(), mps=torch.backends.mps.is_available(), cpu=True)
-    if not available.get(str(device).split(":")[0], False):
+    device = device or next(d for d, ok in available.items() if ok)  # the first available, in this order
+    if not available.get(str(device).split(":")[0]):
         raise InputError(f"device {device} is not available here; use cpu, or leave the device out to pick one")
     if isinstance(dtype, str):
         dtype = None if dtype == "auto" else getattr(torch, dtype)
@@ -384,8 +383,7 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens=MAX_NEW_TOK
 
 def weight_bytes_per_token(model) -> int:
     """Bytes of weights one decode step reads: every parameter once, but only one row of an untied embedding."""
-    params = {id(p): p for p in model.parameters()}.values()
-    total = sum(p.numel() * p.element_size() for p in params)
+    total = sum(p.numel() * p.element_size() for p in model.parameters())  # a tied weight is listed once
     if not model.config.tie_word_embeddings:  # a tied table is read whole anyway, as the output head
         total -= model.model.embed_tokens.weight.numel() * model.model.embed_tokens.weight.element_size()
     return total
@@ -396,38 +394,34 @@ def weight_bytes_per_token(model) -> int:
 
 
 class Stream:
-    """Prints one row's tokens as they come: thinking dim, answer plain, forced tokens highlighted."""
+    """Prints one row's tokens as they come. In a terminal: thinking dim, forced tokens bold yellow;
+    in a file or pipe: a "--- phase ---" line where the phase changes, forced tokens [[in brackets]]."""
 
     def __init__(self, tokenizer, out=sys.stdout):
         self.tok, self.out, self.tty = tokenizer, out, out.isatty()
-        self.pending, self.style = [], None  # ids not yet printable (half a UTF-8 character)
+        self.pending = []  # ids not yet printable (half a UTF-8 character)
+        self.phase, self.forced = None, False
 
     def __call__(self, row, token, forced, phase):
-        style = (phase, forced)
-        if style != self.style:
+        if (phase, forced) != (self.phase, self.forced):
             self.flush()
-            if self.style is None or self.style[0] != phase:
-                self.write(f"\n--- {phase} ---\n" if not self.tty else "")
-            self.write(self.mark(style, opening=True))
-            self.style = style
+            if self.tty:
+                self.write(("\033[2m" if phase == "thinking" else "") + ("\033[1;33m" if forced else ""))
+            else:
+                self.write((f"\n--- {phase} ---\n" if phase != self.phase else "") + ("[[" if forced else ""))
+            self.phase, self.forced = phase, forced
         self.pending.append(token)
         piece = self.tok.decode(self.pending, skip_special_tokens=False)
         if not piece.endswith("\ufffd"):
             self.write(piece)
             self.pending = []
 
-    def mark(self, style, opening):
-        phase, forced = style
-        if self.tty:  # ANSI: yellow on forced tokens, grey for thinking, reset before each change
-            return "\033[0m" + ("\033[2m" if phase == "thinking" else "") + ("\033[1;33m" if forced else "")
-        return ("[[" if opening else "]]") if forced else ""
-
     def flush(self):
+        """Print what is pending and close the current style."""
         if self.pending:
             self.write(self.tok.decode(self.pending, skip_special_tokens=False))
             self.pending = []
-        if self.style is not None:
-            self.write("\033[0m" if self.tty else self.mark(self.style, opening=False))
+        self.write("\033[0m" if self.tty else "]]" if self.forced else "")
 
     def write(self, s):
         self.out.write(s)
@@ -493,7 +487,7 @@ def parse_args(argv=None):
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--compile", action="store_true", help="compile the decode step (CUDA graphs on GPU)")
     # One line on stderr and exit code 2 for every bad argument, argparse's own errors included.
-    p.error = lambda msg: fail(msg)
+    p.error = fail
     return p.parse_args(argv)
 
 
@@ -505,8 +499,10 @@ def fail(msg):
 def main(argv=None):
     args = parse_args(argv)
     try:
-        check_settings(args.max_new_tokens, args.max_thinking_tokens, args.wait, args.wait_str,
-                       args.temperature, args.top_k, args.top_p)
+        settings = dict(max_new_tokens=args.max_new_tokens, max_thinking_tokens=args.max_thinking_tokens,
+                        wait=args.wait, wait_str=args.wait_str, temperature=args.temperature, top_k=args.top_k,
+                        top_p=args.top_p)
+        check_settings(**settings)  # before the model loads: a typo costs seconds, not a 32B load
         if args.batch_size < 1:
             raise InputError(f"--batch-size must be at least 1, not {args.batch_size}")
         prompts = read_prompts(args)
@@ -517,15 +513,13 @@ def main(argv=None):
         model, tokenizer = load_model(args.model, None if args.device == "auto" else args.device, args.dtype)
         load_s = time.perf_counter() - t0
         tokenize_prompts(model, tokenizer, prompts, args.raw)  # refuse a bad prompt before printing anything
-        settings = dict(max_new_tokens=args.max_new_tokens, max_thinking_tokens=args.max_thinking_tokens,
-                        wait=args.wait, wait_str=args.wait_str, temperature=args.temperature, top_k=args.top_k,
-                        top_p=args.top_p, seed=args.seed, raw=args.raw, compile=args.compile)
         stream = Stream(tokenizer) if len(prompts) == 1 and not args.json else None
         if stream:
             print(build_prompt(tokenizer, prompts[0], args.raw), end="", flush=True)
         t0, n_tokens, n_steps = time.perf_counter(), 0, 0
         for start in range(0, len(prompts), args.batch_size):
-            gens = generate(model, tokenizer, prompts[start:start + args.batch_size], on_token=stream, **settings)
+            gens = generate(model, tokenizer, prompts[start:start + args.batch_size], seed=args.seed, raw=args.raw,
+                            compile=args.compile, on_token=stream, **settings)
             n_tokens += sum(len(g.token_ids) for g in gens)
             n_steps += max(len(g.token_ids) for g in gens)
             for i, g in enumerate(gens):
@@ -543,8 +537,8 @@ def main(argv=None):
     dt = time.perf_counter() - t0
     # Batch 1 reads every weight once a token: that sets the speed limit on any hardware ("bandwidth achieved").
     gbps = weight_bytes_per_token(model) * n_steps / dt / 1e9
-    last = "" if args.json or not stream else (f"; thinking {gens[0].thinking_tokens} tokens, {gens[0].waits} waits, "
-                                               f"finish {gens[0].finish_reason}")
+    g = gens[0]
+    last = f"; thinking {g.thinking_tokens} tokens, {g.waits} waits, finish {g.finish_reason}" if stream else ""
     print(f"{n_tokens} tokens in {dt:.2f}s: {n_tokens / dt:.1f} tokens/s, bandwidth achieved {gbps:.2f} GB/s "
           f"(model loaded in {load_s:.1f}s on {next(model.parameters()).device}){last}", file=sys.stderr)
 
