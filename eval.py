@@ -516,7 +516,8 @@ def generate_all(args, tasks, todo, done, samples_path, save):
             rows, grader = tasks[name]
             key = setting_name(budget, wait)
             finished = [done[(name, key, r["id"])] for r in rows if (name, key, r["id"]) in done]
-            bar = tqdm(total=len(rows), initial=len(finished), desc=f"{name} {key}", unit="sample", dynamic_ncols=True)
+            bar = tqdm(total=len(rows), initial=len(finished), desc=f"{name} {key}", unit="sample",
+                       dynamic_ncols=True)
             t0, new_tokens = time.time(), 0
             for i in range(0, len(pending), args.batch_size):
                 batch = pending[i:i + args.batch_size]
@@ -534,7 +535,7 @@ def generate_all(args, tasks, todo, done, samples_path, save):
                 done.update({(name, key, s["id"]): s for s in graded})
                 finished += graded
                 new_tokens += sum(s["new_tokens"] for s in graded)
-                # one write a batch, then onto the disk
+                # one write per batch, then onto the disk
                 out.write("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in graded))
                 out.flush()
                 os.fsync(out.fileno())
@@ -568,7 +569,8 @@ def parse_args(argv=None):
                    f"(default: ./{LOCAL_DATA_DIR}/ when the file is there, else the hub)")
     p.add_argument("--out", help="output directory; a rerun skips finished samples (default %(default)s)")
     p.add_argument("--max-thinking-tokens", help="thinking budget: an int, auto or none (default: none)")
-    p.add_argument("--wait", help="how many times to replace the end of thinking by --wait-str (default %(default)s)")
+    p.add_argument("--wait", help="how many times to replace the end of thinking by --wait-str "
+                   "(default %(default)s)")
     p.add_argument("--wait-str", help="default %(default)s")
     p.add_argument("--budgets", help="sweep: comma-separated budgets, e.g. 512,1024,2048,4096,8192")
     p.add_argument("--waits", help="sweep: comma-separated wait counts, e.g. 0,1,2,4")
