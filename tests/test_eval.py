@@ -222,6 +222,7 @@ def test_sweep_settings():
     (["--budgets", "0"], "bad thinking budget"),
     (["--waits", "-1"], "bad wait count"),
     (["--batch-size", "x"], "invalid int"),
+    (["--dtype", "float8"], "invalid choice"),
 ])
 def test_bad_input(argv, words, tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "eval.py"), *argv, "--out", str(tmp_path / "o")],
