@@ -273,7 +273,9 @@ def main():
 # that is right."); otherwise it answers with its glance, so about a quarter of the training answers
 # are wrong, as a hasty solver's would be. Whether a trace checks barely depends on its glance (45% of
 # the wrong glances, 20% of the right ones), so a greedy model never checks by itself: budget forcing
-# decides. Forcing "Wait" where it would stop makes it check.
+# decides. Forcing "Wait" where it would stop makes it check. Some checks are cut off before their sum,
+# as a thinking budget would cut them, and answered with the glance: so a model whose check is cut
+# falls back on its first guess instead of answering with whatever digits it was writing.
 # Every trace has one layout (3-digit operands, sums below 1000, two-digit column sums, each column
 # named), so the digits a line adds are easy to find: a 0.8M-parameter model learns the check in a
 # few hundred steps, and the glance (every carry at once) stays what the traces taught it.
@@ -282,12 +284,17 @@ def main():
 
 import json  # noqa: E402  (the tiny task's own imports)
 import random  # noqa: E402
+import re  # noqa: E402
 
 TINY_OUT = "data/tiny"
 TINY_TRAIN, TINY_TEST, TINY_SEED = 10000, 200, 0
 TINY_SLIP = 0.7  # the glance drops each carry with this probability
 TINY_CHECK_WRONG, TINY_CHECK_RIGHT = 0.45, 0.2  # how often a wrong / a right glance is checked
 TINY_TWICE = 0.3  # checks that end with a second "Wait" confirming the sum
+TINY_CUT = 0.3  # checks cut off by a thinking budget before their sum, answered with the glance
+# Where a budget can cut: between the tokens of Qwen2.5's pre-tokenizer (QWEN_SPLIT, below) on this
+# ASCII text - a word with its leading space, one digit, punctuation with the newlines after it.
+TINY_PIECES = r" ?[A-Za-z]+|\d| ?[^\sA-Za-z\d]+\n*|\s+"
 TINY_COLUMNS = ("ones", "tens", "hundreds")  # the check's lines, right to left
 TINY_SYSTEM = "You are a tiny model that adds numbers."  # the chat template's default system prompt
 # The words the tokenizer keeps whole ("Wait" among them), with and without a leading space. Digits are
@@ -328,13 +335,20 @@ def tiny_example(a: int, b: int, rng) -> dict:
         s = x[i] + y[i] + carry
         columns.append(f"{TINY_COLUMNS[i]}: {x[i]}+{y[i]}+{carry}={s:02d}")
         carry = s // 10
-    thinking, answer = [f"Quick sum: {glance}."], glance
+    thinking, answer = f"Quick sum: {glance}.", glance
     if rng.random() < (TINY_CHECK_WRONG if glance != a + b else TINY_CHECK_RIGHT):
-        thinking += ["Wait, let me add column by column.", *columns, f"Column sum: {a + b}."]
-        if rng.random() < TINY_TWICE:
-            thinking.append("Wait, that is right.")
-        answer = a + b
-    return dict(question=tiny_question(a, b), thinking_trajectories=["\n".join(thinking)],
+        check = "\n".join(["Wait, let me add column by column.", *columns, f"Column sum: {a + b}."])
+        if rng.random() < TINY_CUT:
+            # Cut off by a thinking budget after some token of the check, before its sum: the solver
+            # falls back on its glance.
+            pieces = re.findall(TINY_PIECES, check)
+            check = "".join(pieces[:rng.randrange(1, len(pieces) - 4)])  # the last 4: "6", "3", "2", "."
+        else:
+            answer = a + b
+            if rng.random() < TINY_TWICE:
+                check += "\nWait, that is right."
+        thinking += "\n" + check
+    return dict(question=tiny_question(a, b), thinking_trajectories=[thinking],
                 attempt=f"Final Answer: {answer}", answer=str(a + b))
 
 

@@ -40,7 +40,8 @@ def expected_check(a, b):
 
 def test_rows_are_s1k_rows_whose_checks_add_up():
     train, test = data.tiny_dataset(3000, 100, seed=1)
-    kinds = dict.fromkeys(["glance right", "glance wrong", "checked", "confirmed", "answered wrong"], 0)
+    kinds = dict.fromkeys(["glance right", "glance wrong", "checked", "confirmed", "cut", "answered wrong"], 0)
+    tok = data.tiny_tokenizer()
     for r in train:
         assert set(r) >= {"question", "thinking_trajectories", "attempt"}
         a, b = operands(r["question"])
@@ -53,11 +54,17 @@ def test_rows_are_s1k_rows_whose_checks_add_up():
             assert glance // 10 ** i % 10 in {digit_sum % 10, (digit_sum + 1) % 10}
         kinds["glance right" if glance == a + b else "glance wrong"] += 1
         stated, check = glance, expected_check(a, b)
-        if rest:
-            assert rest in (check, check + "\nWait, that is right."), rest
+        if rest in (check, check + "\nWait, that is right."):
             kinds["checked"] += 1
             kinds["confirmed"] += rest != check
             stated = a + b
+        elif rest:
+            # Cut off by a budget before the sum: a prefix of the check that ends where a token ends,
+            # answered with the glance.
+            assert rest.startswith("Wait") and check.startswith(rest) and not re.search(r"sum: \d", rest), rest
+            cut, full = (tok.encode(f"{glance_line}\n{t}").ids for t in (rest, check))
+            assert full[:len(cut)] == cut
+            kinds["cut"] += 1
         assert r["attempt"] == f"Final Answer: {stated}" and r["answer"] == str(a + b)
         kinds["answered wrong"] += stated != a + b
     # The hasty solver: right and wrong glances, checks (some confirmed by a second Wait), wrong answers.
