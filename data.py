@@ -286,6 +286,8 @@ import json  # noqa: E402  (the tiny task's own imports)
 import random  # noqa: E402
 import re  # noqa: E402
 
+from model import atomic_write, dump_json  # noqa: E402  (files written whole or not at all)
+
 TINY_OUT = "data/tiny"
 TINY_TRAIN, TINY_TEST, TINY_SEED = 10000, 200, 0
 TINY_SLIP = 0.7  # the glance drops each carry with this probability
@@ -404,16 +406,6 @@ def tiny_byte_symbols() -> dict:
     return {**{b: chr(b) for b in printable}, **{b: chr(256 + k) for k, b in enumerate(others)}}
 
 
-def _write_atomic(path, write):
-    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.path.basename(path)}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_tiny_tokenizer(tok, out_dir: str):
     """tokenizer.json and tokenizer_config.json (special tokens, chat template), as Qwen2.5 ships them."""
     os.makedirs(out_dir, exist_ok=True)
@@ -424,13 +416,8 @@ def save_tiny_tokenizer(tok, out_dir: str):
                   additional_special_tokens=["<|im_start|>", "<|im_end|>"], chat_template=TINY_CHAT_TEMPLATE,
                   add_bos_token=False, add_prefix_space=False, clean_up_tokenization_spaces=False,
                   errors="replace", model_max_length=512, split_special_tokens=False)
-    _write_atomic(os.path.join(out_dir, "tokenizer.json"), tok.save)
-
-    def write_config(p):
-        with open(p, "w") as f:
-            json.dump(config, f, indent=2)
-            f.write("\n")
-    _write_atomic(os.path.join(out_dir, "tokenizer_config.json"), write_config)
+    atomic_write(os.path.join(out_dir, "tokenizer.json"), tok.save)
+    atomic_write(os.path.join(out_dir, "tokenizer_config.json"), lambda p: dump_json(config, p))
 
 
 def tiny_main(argv):
@@ -449,7 +436,7 @@ def tiny_main(argv):
         def write(p, rows=rows):
             with open(p, "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
-        _write_atomic(os.path.join(args.out, name), write)
+        atomic_write(os.path.join(args.out, name), write)
     tok = tiny_tokenizer()
     save_tiny_tokenizer(tok, os.path.join(args.out, "tokenizer"))
     checked = sum("Wait" in r["thinking_trajectories"][0] for r in train)

@@ -524,7 +524,7 @@ def _parse_size(size) -> int:
     return int(float(size[:-2]) * units[size[-2:].upper()])
 
 
-def _atomic_write(path: str, write):
+def atomic_write(path: str, write):
     """Write to a temporary file beside `path`, then rename: a crash never leaves half a file."""
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
     os.close(fd)
@@ -566,17 +566,17 @@ def save_hf_checkpoint(state_dict: dict, config: Qwen2Config, out_dir: str, max_
     for i, names in enumerate(shards):
         fname = "model.safetensors" if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
         tensors = {n: state_dict[n].detach().contiguous().cpu() for n in names}
-        _atomic_write(os.path.join(out_dir, fname), lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+        atomic_write(os.path.join(out_dir, fname), lambda p: save_file(tensors, p, metadata={"format": "pt"}))
         weight_map.update({n: fname for n in names})
     if len(shards) > 1:
         total = sum(t.numel() * t.element_size() for t in state_dict.values())
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        _atomic_write(os.path.join(out_dir, "model.safetensors.index.json"), lambda p: _dump_json(index, p))
+        atomic_write(os.path.join(out_dir, "model.safetensors.index.json"), lambda p: dump_json(index, p))
     hf_config = dict(config.to_hf(), torch_dtype=dtype_name)
-    _atomic_write(os.path.join(out_dir, "config.json"), lambda p: _dump_json(hf_config, p))
+    atomic_write(os.path.join(out_dir, "config.json"), lambda p: dump_json(hf_config, p))
 
 
-def _dump_json(obj, path):
+def dump_json(obj, path):
     with open(path, "w") as f:
         json.dump(obj, f, indent=2)
         f.write("\n")
