@@ -14,7 +14,6 @@ Dropout is left out too: s1 trains without it.
 """
 
 import json
-import math
 import os
 import sys
 import tempfile
@@ -321,11 +320,7 @@ def linear_cross_entropy(x, weight, targets, loss_weights=None, chunk=1024):
     w = torch.where(trained, loss_weights.reshape(-1).to(ftype), 0.0)  # (N,)
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return FusedLinearCrossEntropy.apply(x, weight, targets, w, chunk)
-    loss = torch.zeros((), dtype=ftype, device=x.device)  # evaluation: the same loss, no gradient work
-    for i in range(0, len(x), chunk):
-        _, ce = _softmax_and_loss(x[i:i + chunk], weight, targets[i:i + chunk])
-        loss += (w[i:i + chunk] * ce).sum()
-    return loss
+    return _loss_and_grads(x, weight, targets, w, chunk, need_dx=False, need_dw=False)[0]  # evaluation
 
 
 def _softmax_and_loss(x, weight, targets):
@@ -344,6 +339,33 @@ def _softmax_and_loss(x, weight, targets):
     return p.div_(total), ce
 
 
+def _loss_and_grads(x, weight, targets, w, chunk, need_dx, need_dw):
+    """sum(w * per-token loss) over the chunks, and d loss / dx, d loss / d weight where asked for."""
+    grad_x = torch.empty_like(x) if need_dx else None
+    # Summed over the chunks in fp32: a bf16 running sum would round away the later chunks' share.
+    grad_w = torch.zeros_like(weight, dtype=w.dtype) if need_dw else None
+    loss = torch.zeros((), dtype=w.dtype, device=x.device)
+    for i in range(0, len(x), chunk):
+        xs, ts, ws = x[i:i + chunk], targets[i:i + chunk], w[i:i + chunk]
+        g, ce = _softmax_and_loss(xs, weight, ts)  # (n, vocab), (n,)
+        loss += (ws * ce).sum()
+        if not (need_dx or need_dw):
+            continue
+        g[torch.arange(len(ts), device=ts.device), ts.clamp(min=0)] -= 1  # softmax - onehot
+        g = g.to(x.dtype)
+        # The weights scale rows of g; applying them to the narrow sides of the two matmuls
+        # (n x C each) saves a pass over the wide (n x vocab) one.
+        if need_dx:
+            grad_x[i:i + chunk] = (g @ weight) * ws[:, None]
+        if need_dw:  # grad_w += g.T @ (w * xs)    (vocab, C)
+            xw = (xs * ws[:, None]).to(x.dtype)
+            if grad_w.dtype == x.dtype:
+                grad_w.addmm_(g.T, xw)  # in place: no (vocab, C) temporary
+            else:
+                grad_w += g.T @ xw
+    return loss, grad_x, grad_w
+
+
 class FusedLinearCrossEntropy(torch.autograd.Function):
     """
     The loss and its gradients in one pass over the chunks, in the forward pass. Backpropagating
@@ -358,27 +380,7 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, targets, w, chunk):
-        need_dx, need_dw = ctx.needs_input_grad[:2]
-        grad_x = torch.empty_like(x) if need_dx else None
-        # Summed over the chunks in fp32: a bf16 running sum would round away the later chunks' share.
-        grad_w = torch.zeros_like(weight, dtype=w.dtype) if need_dw else None
-        loss = torch.zeros((), dtype=w.dtype, device=x.device)
-        for i in range(0, len(x), chunk):
-            xs, ts, ws = x[i:i + chunk], targets[i:i + chunk], w[i:i + chunk]
-            g, ce = _softmax_and_loss(xs, weight, ts)  # (n, vocab), (n,)
-            loss += (ws * ce).sum()
-            g[torch.arange(len(ts), device=ts.device), ts.clamp(min=0)] -= 1  # softmax - onehot
-            g = g.to(x.dtype)
-            # The weights scale rows of g; applying them to the narrow sides of the two matmuls
-            # (n x C each) saves a pass over the wide (n x vocab) one.
-            if need_dx:
-                grad_x[i:i + chunk] = (g @ weight) * ws[:, None]
-            if need_dw:  # grad_w += g.T @ (w * xs)    (vocab, C)
-                xw = (xs * ws[:, None]).to(x.dtype)
-                if grad_w.dtype == x.dtype:
-                    grad_w.addmm_(g.T, xw)  # in place: no (vocab, C) temporary
-                else:
-                    grad_w += g.T @ xw
+        loss, grad_x, grad_w = _loss_and_grads(x, weight, targets, w, chunk, *ctx.needs_input_grad[:2])
         ctx.grads = grad_x, grad_w
         ctx.weight_dtype = weight.dtype
         return loss
