@@ -284,7 +284,7 @@ def main():
 
 import json  # noqa: E402  (the tiny task's own imports)
 import random  # noqa: E402
-import re  # noqa: E402
+from functools import cache  # noqa: E402
 
 from model import atomic_write, dump_json  # noqa: E402  (files written whole or not at all)
 
@@ -294,9 +294,6 @@ TINY_SLIP = 0.7  # the glance drops each carry with this probability
 TINY_CHECK_WRONG, TINY_CHECK_RIGHT = 0.45, 0.2  # how often a wrong / a right glance is checked
 TINY_TWICE = 0.3  # checks that end with a second "Wait" confirming the sum
 TINY_CUT = 0.3  # checks cut off by a thinking budget before their sum, answered with the glance
-# Where a budget can cut: between the tokens of Qwen2.5's pre-tokenizer (QWEN_SPLIT, below) on this
-# ASCII text - a word with its leading space, one digit, punctuation with the newlines after it.
-TINY_PIECES = r" ?[A-Za-z]+|\d| ?[^\sA-Za-z\d]+\n*|\s+"
 TINY_COLUMNS = ("ones", "tens", "hundreds")  # the check's lines, right to left
 TINY_SYSTEM = "You are a tiny model that adds numbers."  # the chat template's default system prompt
 # The words the tokenizer keeps whole ("Wait" among them), with and without a leading space. Digits are
@@ -316,6 +313,14 @@ TINY_CHAT_TEMPLATE = (
     "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
     "{%- endif %}{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
+
+
+@cache
+def qwen_split():
+    """Qwen2.5's pre-tokenizer split (QWEN_SPLIT), as the tokenizers library runs it."""
+    from tokenizers import Regex, pre_tokenizers
+
+    return pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated")
 
 
 def tiny_question(a: int, b: int) -> str:
@@ -343,7 +348,7 @@ def tiny_example(a: int, b: int, rng) -> dict:
         if rng.random() < TINY_CUT:
             # Cut off by a thinking budget after some token of the check, before its sum: the solver
             # falls back on its glance.
-            pieces = re.findall(TINY_PIECES, check)
+            pieces = [piece for piece, _ in qwen_split().pre_tokenize_str(check)]  # a cut there ends a token
             check = "".join(pieces[:rng.randrange(1, len(pieces) - 4)])  # the last 4: "6", "3", "2", "."
         else:
             answer = a + b
@@ -377,12 +382,12 @@ def tiny_tokenizer():
     bytes). transformers rebuilds a Qwen2 checkpoint's tokenizer from vocab + merges with Qwen's own
     pre-tokenizer, which is this one: so it reads this tokenizer exactly as it was built.
     """
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated"),
+        qwen_split(),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
     alphabet = list(tiny_byte_symbols().values())
