@@ -14,8 +14,9 @@ numbers measured here, now; results go to BENCHMARKS.md by hand.
                                                        # with activation checkpointing in bf16, bf16 vs fp32 logits
 
 Training and loss runs each take a fresh process, so each peak memory is its own: peak RSS on CPU,
-torch.cuda.max_memory_allocated on GPU. On CPU the training runs alternate and the faster of two counts. On GPU both models train with bf16 weights and AdamW states
-(train.py keeps fp32 master weights under FSDP; the matmuls of a step, which MFU counts, are the same).
+torch.cuda.max_memory_allocated on GPU. On CPU the training runs alternate and the faster of two counts.
+On GPU both models train with bf16 weights and AdamW states (train.py keeps fp32 master weights under
+FSDP; the matmuls of a step, which MFU counts, are the same).
 What it leaves out: multi-GPU training (train.py's FSDP), and the KV cache in the roofline (at a short
 context it is a tiny share of the bytes a step reads).
 """
