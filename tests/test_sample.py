@@ -9,6 +9,7 @@ string can be checked character by character.
 
 import io
 import json
+import shutil
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -174,16 +175,50 @@ def test_rows_that_stop_early_leave_the_batch_and_the_rest_stay_right(tiny_pair)
     assert our_generate(model, prompts, 16, eos=eos) == expected
 
 
-def test_static_shape_path_of_compile_matches_transformers(tiny_pair, monkeypatch):
-    # --compile attends over the whole preallocated cache with a mask (static shapes for CUDA graphs);
-    # run that path eagerly here (compiling takes minutes on CPU) and check it against the reference.
+@pytest.fixture
+def fresh_compile():
+    """torch.compile with nothing compiled before; returns a function that counts the graphs made since."""
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+    yield lambda: counters["stats"]["unique_graphs"]
+    torch._dynamo.reset()
+
+
+def test_compiled_decode_step_traces_whole_and_matches_transformers(tiny_pair, monkeypatch, fresh_compile):
+    # --compile attends over the whole preallocated cache with a mask (static shapes, for CUDA graphs) and
+    # compiles the step with fullgraph=True, so a graph break fails here. The aot_eager backend traces as a
+    # GPU compile does (dynamo, then functionalisation of the in-place cache writes) without generating
+    # kernels, so it runs in seconds on any CPU. Rows leave as they finish, so the batch shrinks.
     model, ref = tiny_pair
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, **dict(kw, backend="aot_eager")))
     prompts = [[5, 6, 7, 8, 9, 10, 11], [3, 4], [100, 2, 50, 60], [9]]
     eos = reference_generate(ref, prompts, 16)[1][2]
-    rows = [sample.Row(max_new=16) for _ in prompts]
-    list(sample.decode(model, prompts, rows, sample.Forcing(stop={eos}), compile=True))
-    assert [r.tokens for r in rows] == reference_generate(ref, prompts, 16, eos=eos)
+    expected = reference_generate(ref, prompts, 16, eos=eos)
+    batch_sizes = {sum(len(r) > j for r in expected) for j in range(1, 16)} - {0}  # of the steps after prefill
+    assert len(batch_sizes) > 1
+
+    for run in range(2):
+        rows = [sample.Row(max_new=16) for _ in prompts]
+        list(sample.decode(model, prompts, rows, sample.Forcing(stop={eos}), compile=True))
+        assert [r.tokens for r in rows] == expected
+        if run == 0:
+            graphs = fresh_compile()
+            # at most one graph per batch size: nothing that changes every step (the position) is baked in
+            assert 1 <= graphs <= len(batch_sizes), graphs
+    assert fresh_compile() == graphs  # the same shapes again: nothing recompiled
+
+
+@pytest.mark.skipif(not any(map(shutil.which, ("g++", "clang++"))), reason="inductor on CPU needs a C++ compiler")
+def test_compiled_decode_step_with_inductor_matches_transformers(tiny_pair, fresh_compile):
+    # The real compile, kernels and all (C++ on a CPU; about 15 s here for the tiny model).
+    model, ref = tiny_pair
+    prompts = [[5, 6, 7, 8, 9, 10, 11], [3, 4]]
+    rows = [sample.Row(max_new=12) for _ in prompts]
+    list(sample.decode(model, prompts, rows, compile=True))
+    assert [r.tokens for r in rows] == reference_generate(ref, prompts, 12)
+    assert fresh_compile() == 1
 
 
 def test_finished_rows_stop_costing_compute(tok):
