@@ -12,6 +12,8 @@ numbers measured here, now; results go to BENCHMARKS.md by hand.
     python bench.py --gpu --json bench-gpu.json        # one GPU (H200: a few minutes): compiled decode vs the
                                                        # HBM roofline, training MFU of a 1.5B shape at T=16384
                                                        # with activation checkpointing in bf16, bf16 vs fp32 logits
+    python bench.py --skip '' --decode-shape smoke --train-shape smoke --train-seq 64 --loss-seq 256
+                                                       # every part in a minute on a tiny shape (tests/test_bench.py)
 
 Training and loss runs each take a fresh process, so each peak memory is its own: peak RSS on CPU,
 torch.cuda.max_memory_allocated on GPU. On CPU the training runs alternate and the faster of two counts.
@@ -47,12 +49,15 @@ SHAPES = {  # hidden, layers, heads, kv heads, head_dim, mlp
     "1.5B": (1536, 28, 12, 2, 128, 8960),
     "3B": (2048, 36, 16, 2, 128, 11008),
     "cpu-small": (512, 4, 8, 2, 64, 2048),  # a training step of a few seconds on 2 CPU cores, real vocab
+    "smoke": (64, 2, 4, 2, 16, 128),  # seconds for every part: the test that the script runs end to end
 }
 CPU = dict(decode_shape="0.5B", decode_batch="1", train_shape="cpu-small", train_seq="1024,4096",
-           checkpointing="off", loss_seq="4096,32768")
+           checkpointing="off", loss_seq="4096,32768", skip="parity")
 GPU = dict(decode_shape="1.5B", decode_batch="1,16", train_shape="1.5B", train_seq="16384",
-           checkpointing="on", loss_seq="32768")
+           checkpointing="on", loss_seq="32768", skip="")
+PARTS = {"decode", "train", "loss", "parity"}
 PROMPT_LEN = 16
+PARITY_SEQ = 512  # tokens per row of the bf16 parity check (2 rows)
 WARM_STEPS = 8  # decode steps before the clock starts (allocation, compilation, CUDA graph capture)
 TIMED_STEPS = 32
 REPEATS = 2  # best of, for decode and training; ours and the reference alternate, so load from others hits both
@@ -359,7 +364,7 @@ def bench_loss(args, device, dtype) -> list[dict]:
 
 
 # -----------------------------------------------------------------------------
-# GPU only: bf16 logits against fp32, ours and transformers' side by side
+# (4) bf16 logits against fp32, ours and transformers' side by side (the GPU check; on a CPU, --skip '')
 
 
 @torch.no_grad()
@@ -369,14 +374,14 @@ def bench_parity(args, device) -> dict:
     ours16 = our_model(cfg, device, torch.bfloat16).eval()
     hf32 = reference_model(cfg, device, torch.float32).eval()
     hf32.load_state_dict(ours32.state_dict())
-    ids = torch.randint(0, 150000, (2, 512), device=device)
+    ids = torch.randint(0, 150000, (2, PARITY_SEQ), device=device)
     l32 = ours32(ids).float()
-    out = {"ours fp32 vs transformers fp32, max |diff|": (l32 - hf32(input_ids=ids).logits.float()).abs().max().item()}
+    out = {"ours fp32 vs transformers fp32, max abs diff": (l32 - hf32(input_ids=ids).logits.float()).abs().max().item()}
     hf16 = hf32.to(torch.bfloat16)  # in place: the fp32 reference is done
     l16, h16 = ours16(ids).float(), hf16(input_ids=ids).logits.float()
-    out["ours bf16 vs transformers bf16, max |diff|"] = (l16 - h16).abs().max().item()
+    out["ours bf16 vs transformers bf16, max abs diff"] = (l16 - h16).abs().max().item()
     for name, l in (("ours", l16), ("transformers", h16)):
-        out[f"{name} bf16 vs fp32, max |diff|"] = (l - l32).abs().max().item()
+        out[f"{name} bf16 vs fp32, max abs diff"] = (l - l32).abs().max().item()
         out[f"{name} bf16 vs fp32, KL"] = F.kl_div(l.log_softmax(-1), l32.log_softmax(-1), log_target=True,
                                                    reduction="batchmean").item() / ids.size(1)
         out[f"{name} bf16 vs fp32, top-1 agreement"] = (l.argmax(-1) == l32.argmax(-1)).float().mean().item()
@@ -431,7 +436,7 @@ def markdown(res) -> str:
             cell = [r[k].get("error") or f"{r[k]['extra_gb']:.2f}" for k in ("fused", "full")]
             lines.append(f"| {r['seq']} | {cell[0]} | {cell[1]} |")
     if "parity" in res:
-        lines += ["\nbf16 logits against fp32 (2 x 512 random tokens)\n", "| comparison | value |", "|---|---|"]
+        lines += [f"\nbf16 logits against fp32 (2 x {PARITY_SEQ} random tokens)\n", "| comparison | value |", "|---|---|"]
         lines += [f"| {k} | {v:.3g} |" for k, v in res["parity"].items()]
     return "\n".join(lines)
 
@@ -449,7 +454,8 @@ def main():
     p.add_argument("--loss-chunk", type=int, default=LOSS_CHUNK, help="tokens per chunk of our loss")
     p.add_argument("--loss-seq", help="comma-separated sequence lengths for the loss memory")
     p.add_argument("--loss-hidden", type=int, default=LOSS_HIDDEN)
-    p.add_argument("--skip", default="", help="comma-separated parts to leave out: decode,train,loss,parity")
+    p.add_argument("--skip", help="comma-separated parts to leave out: decode,train,loss,parity "
+                   "(CPU default parity; --skip '' runs all four)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--child", help=argparse.SUPPRESS)  # one training/loss measurement, in its own process
@@ -475,7 +481,10 @@ def main():
         if getattr(args, k) is None:
             setattr(args, k, v)
     args.compile = args.compile or args.gpu
-    skip = set(args.skip.split(",")) | (set() if args.gpu else {"parity"})
+    skip = set(args.skip.split(",")) - {""}
+    if skip - PARTS:
+        print(f"error: --skip {args.skip}: the parts are {','.join(sorted(PARTS))}", file=sys.stderr)
+        sys.exit(2)
 
     res = dict(args=vars(args), dtype=str(dtype).replace("torch.", ""), machine=machine(device))
     print(f"{res['machine'].get('gpu') or res['machine']['cpu']}, load average {res['machine']['load']}", flush=True)

@@ -1,0 +1,67 @@
+"""bench.py runs end to end: every part (decode, training step, loss memory, bf16 parity) on a tiny shape.
+
+The numbers themselves are not tested (speed is measured, not asserted; see BENCHMARKS.md), but the
+script must not fail when a maintainer gets a GPU for a few minutes: its code paths run here on CPU.
+"""
+
+import json
+import subprocess
+import sys
+
+import torch
+from conftest import ROOT
+
+SMOKE = ["--decode-shape", "smoke", "--train-shape", "smoke", "--train-seq", "64", "--loss-seq", "256",
+         "--decode-batch", "1,2"]
+
+
+def bench(*args):
+    return subprocess.run([sys.executable, str(ROOT / "bench.py"), *args], capture_output=True, text=True,
+                          timeout=600, cwd=ROOT)
+
+
+def test_every_part_runs_and_reports(tmp_path):
+    out = tmp_path / "bench.json"
+    r = bench(*SMOKE, "--skip", "", "--threads", "2", "--json", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(out.read_text())
+
+    engines = {(d["batch"], d["engine"]) for d in res["decode"]}
+    assert engines == {(b, e) for b in (1, 2) for e in ("sample.py", "transformers generate")}
+    for d in res["decode"]:
+        assert d["tokens_per_s"] > 0 and 0 < d["roofline_share"] and d["vs_transformers"] > 0
+
+    (train,) = res["train"]
+    for impl in ("ours", "transformers"):
+        assert "error" not in train[impl], train[impl]
+        assert train[impl]["tokens_per_s"] > 0 and train[impl]["peak_gb"] > 0 and 0 < train[impl]["mfu"] < 1
+    assert train["ours"]["speed_vs_transformers"] > 0 and train["ours"]["memory_vs_transformers"] > 0
+
+    (loss,) = res["loss"]
+    assert loss["fused"]["extra_gb"] > 0 and loss["full"]["extra_gb"] > 0
+
+    parity = res["parity"]
+    assert parity["ours fp32 vs transformers fp32, max abs diff"] < 1e-4  # the same weights, the same model
+    for name in ("ours", "transformers"):
+        assert 0 < parity[f"{name} bf16 vs fp32, max abs diff"] < 0.5
+        assert parity[f"{name} bf16 vs fp32, top-1 agreement"] > 0.9
+
+    # The report printed at the end: one table per part, each table's rows as wide as its header.
+    tables = [line for line in r.stdout.splitlines() if line.startswith("|")]
+    assert sum(line.startswith("| batch |") for line in tables) == 1
+    assert sum("| peak memory GB |" in line for line in tables) == 1
+    assert sum(line.startswith("| T | fused GB") for line in tables) == 1
+    assert sum(line.startswith("| comparison |") for line in tables) == 1
+    assert len(tables) == 4 * 2 + 4 + 2 + 1 + 8  # header and rule each, then the rows
+    widths = {line.count("|") for line in tables}
+    assert widths <= {6, 8, 4, 3}
+
+
+def test_bad_input_is_one_line_and_exit_2():
+    cases = [(["--skip", "decode,bogus"], "the parts are decode,loss,parity,train")]
+    if not torch.cuda.is_available():  # with a GPU, --gpu is the GPU check itself
+        cases.append((["--gpu"], "needs a CUDA device"))
+    for args, fragment in cases:
+        r = bench(*args)
+        assert r.returncode == 2 and r.stdout == "", r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and fragment in r.stderr, r.stderr
