@@ -12,13 +12,14 @@ numbers measured here, now; results go to BENCHMARKS.md by hand.
     python bench.py --gpu --json bench-gpu.json        # one GPU (H200: a few minutes): compiled decode vs the
                                                        # HBM roofline, training MFU of a 1.5B shape at T=16384
                                                        # with activation checkpointing in bf16, bf16 vs fp32 logits
-    python bench.py --skip '' --decode-shape smoke --train-shape smoke --train-seq 64 --loss-seq 256
+    python bench.py --skip '' --decode-shape smoke --train-shape smoke --train-seq 64 --loss-seq 256 --compile
                                                        # every part in a minute on a tiny shape (tests/test_bench.py)
 
 Training and loss runs each take a fresh process, so each peak memory is its own: peak RSS on CPU,
 torch.cuda.max_memory_allocated on GPU. On CPU the training runs alternate and the faster of two counts.
 On GPU both models train with bf16 weights and AdamW states (train.py keeps fp32 master weights under
-FSDP; the matmuls of a step, which MFU counts, are the same).
+FSDP; the matmuls of a step, which MFU counts, are the same). With --compile (on with --gpu) our blocks
+are compiled as train.py --compile compiles them; transformers' model runs as users run it, eagerly.
 What it leaves out: multi-GPU training (train.py's FSDP), and the KV cache in the roofline (at a short
 context it is a tiny share of the bytes a step reads).
 """
@@ -251,6 +252,9 @@ def train_child(spec, device, dtype) -> dict:
     if spec["impl"] == "ours":
         model = our_model(cfg, device, dtype)
         model.gradient_checkpointing = ckpt
+        if spec["compile"]:  # as train.py --compile does: each decoder block on its own
+            for layer in model.model.layers:
+                layer.compile()
         loss_fn = lambda ids: model(ids[:, :-1], targets=ids[:, 1:], loss_chunk=spec["loss_chunk"])  # fused
     else:
         model = reference_model(cfg, device, dtype)
@@ -326,7 +330,7 @@ def bench_train(args, device, dtype, peak) -> list[dict]:
         for _ in range(REPEATS if device.type == "cpu" else 1):
             for impl in ("ours", "transformers"):
                 spec = dict(task="train", impl=impl, shape=args.train_shape, seq=T, checkpointing=args.checkpointing,
-                            loss_chunk=args.loss_chunk)
+                            loss_chunk=args.loss_chunk, compile=args.compile)
                 r = in_child(dict(spec, device=device.type, threads=torch.get_num_threads()))
                 if "error" not in r:
                     r["mfu"] = r["flops"] / r["step_s"] / peak
@@ -425,7 +429,8 @@ def markdown(res) -> str:
                     continue
                 ratio = (f"{x['speed_vs_transformers']:.2f}x | {x['memory_vs_transformers']:.2f}x"
                          if "speed_vs_transformers" in x else " | ")
-                name = "model.py + fused loss" if impl == "ours" else "transformers Qwen2ForCausalLM"
+                name = ("model.py + fused loss" + " + compiled blocks" * res["args"]["compile"] if impl == "ours"
+                        else "transformers Qwen2ForCausalLM")
                 lines.append(f"| {r['seq']} | {name} | {x['tokens_per_s']:.0f} | {x['peak_gb']:.2f} | "
                              f"{x['mfu']:.1%} | {ratio} |")
     if "loss" in res:
@@ -446,7 +451,8 @@ def main():
     p.add_argument("--gpu", action="store_true", help="the GPU check: bf16, compiled decode, MFU, bf16 parity")
     p.add_argument("--decode-shape", choices=list(SHAPES))
     p.add_argument("--decode-batch", help="comma-separated batch sizes (CPU default 1; GPU 1,16)")
-    p.add_argument("--compile", action="store_true", help="compile sample.py's decode step (on with --gpu)")
+    p.add_argument("--compile", action="store_true", help="compile sample.py's decode step and model.py's blocks in "
+                   "training, as sample.py and train.py --compile do (on with --gpu)")
     p.add_argument("--train-shape", choices=list(SHAPES))
     p.add_argument("--train-seq", help="comma-separated sequence lengths (CPU default 1024,4096; GPU 16384)")
     p.add_argument("--checkpointing", choices=["on", "off"], help="activation checkpointing, both models "
