@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from conftest import ROOT
 from data import (ASSISTANT_HEADER, IGNORE, DataError, assistant_turn, build_examples, collate, epoch_order,
@@ -114,7 +113,7 @@ def test_stats_on_shared_questions(qwen_tokenizer, tmp_path):
             [{"role": "user", "content": row["question"]},
              {"role": "assistant", "content": assistant_turn(row["solution"], row["solution"])}], tokenize=False)
         over += len(qwen_tokenizer(text, add_special_tokens=False)["input_ids"]) > 512
-    assert f": 20 examples" in r.stdout and f"{over} of 20 exceed block size 512" in r.stdout
+    assert ": 20 examples" in r.stdout and f"{over} of 20 exceed block size 512" in r.stdout
 
 
 def test_answer_prefix_rule():

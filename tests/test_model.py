@@ -119,7 +119,6 @@ def test_save_pretrained_overwrites_cleanly(tmp_path):
 
 
 def test_loads_transformers_sharded_checkpoint(tmp_path):
-    from transformers import Qwen2ForCausalLM
     _, ref = make_tiny_checkpoint(tmp_path / "ckpt", **shape_kwargs(*SHAPES[1]))
     ref.save_pretrained(tmp_path / "sharded", max_shard_size="30KB")
     assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
