@@ -28,7 +28,8 @@ def test_every_part_runs_and_reports(tmp_path):
     res = json.loads(out.read_text())
 
     engines = {(d["batch"], d["engine"]) for d in res["decode"]}
-    assert engines == {(b, e) for b in (2,) for e in ("sample.py", "sample.py --compile", "transformers generate")}
+    assert engines == {(b, e) for b in (2,) for e in
+                       ("sample.py", "sample.py --compile", "transformers generate", "matmuls alone")}
     for d in res["decode"]:
         assert d["tokens_per_s"] > 0 and 0 < d["roofline_share"] and d["vs_transformers"] > 0
 
@@ -53,7 +54,7 @@ def test_every_part_runs_and_reports(tmp_path):
     assert sum("| peak memory GB |" in line for line in tables) == 1
     assert sum(line.startswith("| T | fused GB") for line in tables) == 1
     assert sum(line.startswith("| comparison |") for line in tables) == 1
-    assert len(tables) == 4 * 2 + 3 + 2 + 1 + 8  # header and rule each, then the rows
+    assert len(tables) == 4 * 2 + 4 + 2 + 1 + 8  # header and rule each, then the rows
     widths = {line.count("|") for line in tables}
     assert widths <= {6, 8, 4, 3}
 
