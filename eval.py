@@ -12,16 +12,21 @@ the paper's three numbers per task: Control, Scaling and Performance (see `sweep
 
     python eval.py --model out/s1 --tasks aime24,math500 --data-dir ../shared/data --budgets 1024,2048
     python eval.py --model simplescaling/s1.1-32B --waits 0,1,2 --batch-size 32
+    torchrun --nproc_per_node 8 eval.py --model out/s1 --budgets 1024,2048,4096   # 8 GPUs, a share each
 
 What it writes (--out): samples.jsonl (one line per graded sample, appended as batches finish, so a
 rerun into the same directory skips what is done), results.json (rewritten atomically after each task)
 and scaling.png (accuracy against thinking tokens; skipped with a note when matplotlib is missing).
+Under torchrun every process loads the whole model on its own GPU, decodes every N-th pending sample
+into samples.rank<N>.jsonl, and process 0 merges those into samples.jsonl at the end (a rerun merges
+what a crashed run left).
 What it leaves out: the reference's API-model judge for MATH (math-verify is a local symbolic checker),
 majority voting and rejection sampling.
 """
 
 import argparse
 import csv
+import glob
 import json
 import math
 import os
@@ -382,6 +387,25 @@ def read_samples(path):
     return done
 
 
+def share_path(samples_path, rank):
+    """Under torchrun each process appends to a file of its own: samples.rank<N>.jsonl."""
+    return samples_path.replace(".jsonl", f".rank{rank}.jsonl")
+
+
+def merge_shares(samples_path):
+    """Fold the per-process files of a torchrun run (finished, or left by a crash) into samples.jsonl in
+    one atomic write, then delete them. Returns every finished sample."""
+    done = read_samples(samples_path)
+    shares = sorted(glob.glob(share_path(glob.escape(samples_path), "*")))
+    if shares:
+        for path in shares:
+            done.update(read_samples(path))
+        write_text(samples_path, "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in done.values()))
+        for path in shares:
+            os.unlink(path)
+    return done
+
+
 RUN_KEYS = ("model", "wait_str", "temperature", "max_new_tokens", "seed")  # what makes old samples stale
 
 
@@ -454,6 +478,36 @@ def print_table(results):
 
 
 # -----------------------------------------------------------------------------
+# Several GPUs: under torchrun every process holds the whole model and decodes its share of the samples
+
+def processes():
+    """(rank, world size): torchrun's, else (0, 1). The process group only serves barriers."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world == 1:
+        return 0, 1
+    from datetime import timedelta
+
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        # gloo: the barriers carry no tensors. A long timeout: one share can take hours longer than another.
+        dist.init_process_group("gloo", timeout=timedelta(days=7))
+    return dist.get_rank(), world
+
+
+def barrier(world):
+    if world > 1:
+        import torch.distributed as dist
+        dist.barrier()
+
+
+def end_processes():
+    if "torch.distributed" in sys.modules:  # imported only by processes() under torchrun
+        import torch.distributed as dist
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+# -----------------------------------------------------------------------------
 # The evaluation loop
 
 def evaluate(args):
@@ -474,12 +528,18 @@ def evaluate(args):
                                             "temperature", "seed", "batch_size", "limit", "dtype")}
     check_out_dir(args.out, config)
     samples_path, results_path = os.path.join(args.out, "samples.jsonl"), os.path.join(args.out, "results.json")
+    rank, world = processes()
+    if rank == 0:
+        merge_shares(samples_path)  # the shares of an earlier torchrun run, if any, count as done
+    barrier(world)
     done = read_samples(samples_path)
     todo = {(name, s): [r for r in rows if (name, setting_name(*s), r["id"]) not in done]
             for s in settings for name, (rows, _) in tasks.items()}
     n_todo = sum(map(len, todo.values()))
-    print(f"{len(tasks)} task(s) x {len(settings)} setting(s): {n_todo} samples to generate, "
-          f"{sum(len(rows) for rows, _ in tasks.values()) * len(settings) - n_todo} already in {samples_path}")
+    if rank == 0:
+        print(f"{len(tasks)} task(s) x {len(settings)} setting(s): {n_todo} samples to generate"
+              f"{f' by {world} processes' if world > 1 else ''}, "
+              f"{sum(len(rows) for rows, _ in tasks.values()) * len(settings) - n_todo} already in {samples_path}")
 
     def save(complete):
         os.makedirs(args.out, exist_ok=True)
@@ -489,8 +549,16 @@ def evaluate(args):
         write_text(results_path, json.dumps(payload, indent=2) + "\n")
         return results
 
-    if n_todo:
+    if n_todo and world == 1:
         generate_all(args, tasks, todo, done, samples_path, save)
+    elif n_todo:  # every world-th pending sample of each setting, into this process's own file
+        todo = {k: pending[rank::world] for k, pending in todo.items()}
+        generate_all(args, tasks, todo, done, share_path(samples_path, rank), save if rank == 0 else None, rank)
+    if world > 1:
+        barrier(world)  # every share written
+        if rank != 0:
+            return None
+        done.update(merge_shares(samples_path))
     results = save(complete=True)
     print_table(results)
     plot(results, os.path.join(args.out, "scaling.png"))
@@ -498,17 +566,23 @@ def evaluate(args):
     return results
 
 
-def generate_all(args, tasks, todo, done, samples_path, save):
-    """Generate and grade every pending sample, appending each batch to samples.jsonl as it finishes."""
+def generate_all(args, tasks, todo, done, samples_path, save, rank=0):
+    """Generate and grade every pending sample, appending each batch to samples_path as it finishes.
+    save: rewrites results.json (None: another process does)."""
     import torch
     from tqdm import tqdm
 
     import sample
+    device = args.device
+    if "WORLD_SIZE" in os.environ and device in (None, "cuda") and torch.cuda.is_available():
+        device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}"  # one GPU per process
     try:  # a bad --model fails here, before anything is written
-        model, tokenizer = sample.load_model(args.model, device=args.device, dtype=args.dtype)
+        model, tokenizer = sample.load_model(args.model, device=device, dtype=args.dtype)
     except (ValueError, OSError) as e:  # a CheckpointError or an unavailable --device are ValueErrors
         raise BadInput(f"--model {args.model}: {e}") from None
+    save = save or (lambda complete: None)
     save(complete=False)  # results.json before any sample: a rerun into this --out checks its config
+    os.makedirs(args.out, exist_ok=True)  # under torchrun, process 0 (which writes results.json) may be behind
     with open(samples_path, "a", encoding="utf-8") as out:
         for (name, (budget, wait)), pending in todo.items():
             if not pending:
@@ -516,8 +590,8 @@ def generate_all(args, tasks, todo, done, samples_path, save):
             rows, grader = tasks[name]
             key = setting_name(budget, wait)
             finished = [done[(name, key, r["id"])] for r in rows if (name, key, r["id"]) in done]
-            bar = tqdm(total=len(rows), initial=len(finished), desc=f"{name} {key}", unit="sample",
-                       dynamic_ncols=True)
+            bar = tqdm(total=len(finished) + len(pending), initial=len(finished), desc=f"{name} {key}",
+                       unit="sample", dynamic_ncols=True, disable=rank != 0)  # under torchrun: process 0's share
             t0, new_tokens = time.time(), 0
             for i in range(0, len(pending), args.batch_size):
                 batch = pending[i:i + args.batch_size]
@@ -597,6 +671,8 @@ def main(argv=None):
         evaluate(args)
     except BadInput as e:
         die(str(e))
+    finally:
+        end_processes()
 
 
 if __name__ == "__main__":

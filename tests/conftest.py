@@ -1,6 +1,8 @@
 """Shared test helpers: tiny random Qwen2 checkpoints made with transformers, and the real data in ../shared."""
 
 import os
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -51,3 +53,16 @@ def qwen_tokenizer():
         pytest.skip("needs ../shared/data/qwen2.5-tokenizer (the team's shared data)")
     from transformers import AutoTokenizer
     return AutoTokenizer.from_pretrained(str(QWEN_TOKENIZER))
+
+
+def run_torchrun(script, args, nproc=2):
+    """script under torchrun with nproc CPU processes (gloo) on a free local port; fails on a non-zero exit."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
+           "127.0.0.1", "--master_port", str(port), str(script), *map(str, args)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r

@@ -352,6 +352,52 @@ def test_end_to_end_then_resume(tmp_path, monkeypatch, capsys):
     assert e.value.code == 2 and "different run" in capsys.readouterr().err
 
 
+def test_torchrun_processes_share_the_samples(tmp_path, capsys):
+    # Under torchrun each process decodes every other pending sample of a setting into a file of its own;
+    # process 0 merges them at the end: the same samples and results as one process. A share left
+    # behind by a crash counts as done on the next run, whatever its number of processes.
+    from conftest import make_tiny_checkpoint, run_torchrun
+    ckpt, _ = make_tiny_checkpoint(tmp_path / "ckpt", vocab_size=264, hidden_size=32, num_heads=2,
+                                   num_kv_heads=1, intermediate_size=48)
+    tiny_tokenizer(ckpt)
+    data = tmp_path / "data"
+    write_data(data)
+
+    def argv(out):
+        return ["--model", ckpt, "--data-dir", str(data), "--tasks", "aime24,aime25,math500", "--out", str(out),
+                "--budgets", "4,none", "--wait", "1", "--max-new-tokens", "24", "--batch-size", "2",
+                "--device", "cpu"]
+
+    one, two, three = tmp_path / "one", tmp_path / "two", tmp_path / "three"
+    ev.main(argv(one))
+    r = run_torchrun(ROOT / "eval.py", argv(two))
+    assert "12 samples to generate by 2 processes" in r.stdout
+    assert r.stdout.count("Control") == 3  # one table, printed by process 0 (3 tasks)
+    assert {p.name for p in two.iterdir()} == {"results.json", "samples.jsonl", "scaling.png"}  # shares merged
+
+    def by_key(path):
+        return {(s["task"], s["setting"], s["id"]): s for s in read_jsonl(path / "samples.jsonl")}
+    single, shared = by_key(one), by_key(two)
+    assert len(shared) == 12 and shared.keys() == single.keys()
+    assert {k: s["response"] for k, s in shared.items()} == {k: s["response"] for k, s in single.items()}
+    # the split: process 0 took the first problem of each task and setting, process 1 the second
+    first = {}
+    for key in single:  # in the order one process made them: setting, task, problem
+        first.setdefault(key[:2], key)
+    assert set(list(shared)[:6]) == set(first.values())  # merged in process order
+    results = [json.loads((d / "results.json").read_text()) for d in (one, two)]
+    assert results[1]["complete"] and results[1]["tasks"] == results[0]["tasks"]
+
+    # a torchrun run that crashed: process 1 had written half of the samples
+    three.mkdir()
+    half = [json.dumps(s) + "\n" for s in list(shared.values())[:6]]
+    (three / "samples.rank1.jsonl").write_text("".join(half))
+    capsys.readouterr()
+    ev.main(argv(three))  # one process now
+    assert "6 samples to generate, 6 already in" in capsys.readouterr().out
+    assert by_key(three).keys() == single.keys() and not list(three.glob("samples.rank*"))
+
+
 def test_sweep_bookkeeping_with_a_scripted_generator(tmp_path, monkeypatch, capsys):
     """generate() replaced by a script whose answers are right exactly when the budget lets problem i think
     its 10*(i+1) tokens, so every number in results.json is known in advance."""

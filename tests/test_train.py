@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -10,7 +9,7 @@ import pytest
 import torch
 
 import train
-from conftest import ROOT, make_tiny_checkpoint
+from conftest import ROOT, make_tiny_checkpoint, run_torchrun
 from model import Qwen2, load_config
 from test_data import make_byte_tokenizer, s1k_rows, write_jsonl
 
@@ -48,15 +47,7 @@ def log(out):
 
 
 def torchrun(args, nproc=2):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
-           "127.0.0.1", "--master_port", str(port), str(ROOT / "train.py"), *args]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return r
+    return run_torchrun(ROOT / "train.py", args, nproc)
 
 
 def dcp_model(ckpt_path, config):
