@@ -501,7 +501,7 @@ def barrier(world):
 
 
 def end_processes():
-    if "torch.distributed" in sys.modules:  # imported only by processes() under torchrun
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
         import torch.distributed as dist
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -549,11 +549,10 @@ def evaluate(args):
         write_text(results_path, json.dumps(payload, indent=2) + "\n")
         return results
 
-    if n_todo and world == 1:
-        generate_all(args, tasks, todo, done, samples_path, save)
-    elif n_todo:  # every world-th pending sample of each setting, into this process's own file
-        todo = {k: pending[rank::world] for k, pending in todo.items()}
-        generate_all(args, tasks, todo, done, share_path(samples_path, rank), save if rank == 0 else None, rank)
+    if n_todo:  # under torchrun: every world-th pending sample of each setting, into a file of its own
+        mine = {k: pending[rank::world] for k, pending in todo.items()}
+        path = share_path(samples_path, rank) if world > 1 else samples_path
+        generate_all(args, tasks, mine, done, path, save if rank == 0 else None, rank)
     if world > 1:
         barrier(world)  # every share written
         if rank != 0:
