@@ -111,12 +111,12 @@ def machine(device) -> dict:
     return m
 
 
-def measure_bandwidth(device, passes=BANDWIDTH_PASSES) -> float:
+def measure_bandwidth(device) -> float:
     """
     Read bandwidth in bytes/s: the faster of summing a large matrix and multiplying it by a vector, two
     ways of reading every byte once, as a decode step reads the weights (on a CPU the matrix-vector
     product is the faster; taking the best makes the roofline harder to reach, not easier). Each round
-    reads the matrix `passes` times back to back, as decoding reads the weights step after step: a
+    reads the matrix BANDWIDTH_PASSES times back to back, as decoding reads the weights step after step: a
     single pass on a shared machine catches bursts that no sustained read reaches.
     """
     gib = 4 if device.type == "cuda" else 1  # far beyond every cache (the CPU here reports a 300 MiB L3)
@@ -127,10 +127,10 @@ def measure_bandwidth(device, passes=BANDWIDTH_PASSES) -> float:
         for _ in range(3):
             sync(device)
             t0 = time.perf_counter()
-            for _ in range(passes):
+            for _ in range(BANDWIDTH_PASSES):
                 op(x)
             sync(device)
-            best = min(best, (time.perf_counter() - t0) / passes)
+            best = min(best, (time.perf_counter() - t0) / BANDWIDTH_PASSES)
     return x.numel() * 4 / best
 
 
@@ -224,10 +224,10 @@ def bench_decode(args, device, dtype, bandwidth) -> tuple[list[dict], dict, floa
     hf = reference_model(cfg, device, dtype).eval()
     hf.load_state_dict(model.state_dict())
     gen = torch.Generator().manual_seed(0)
+    engines = ["sample.py"] + ["sample.py --compile"] * args.compile + ["transformers generate", MATMULS]
     rates = {}  # (batch, engine) -> the best steps/s
     for B in [int(b) for b in args.decode_batch.split(",")]:
         prompts = torch.randint(0, 150000, (B, PROMPT_LEN), generator=gen).tolist()
-        engines = ["sample.py"] + ["sample.py --compile"] * args.compile + ["transformers generate", MATMULS]
         for _ in range(REPEATS):
             for name in engines:
                 if name == MATMULS:

@@ -274,8 +274,8 @@ def main():
 # are wrong, as a hasty solver's would be. Whether a trace checks barely depends on its glance (45% of
 # the wrong glances, 20% of the right ones), so a greedy model never checks by itself: budget forcing
 # decides. Forcing "Wait" where it would stop makes it check. Some checks are cut off before their sum,
-# as a thinking budget would cut them, and answered with the glance: so a model whose check is cut
-# falls back on its first guess instead of answering with whatever digits it was writing.
+# as a thinking budget would cut them, and answered with the glance, to teach a model whose check is
+# cut to fall back on its first guess (not every run learns it: see the README's seed spread).
 # Every trace has one layout (3-digit operands, sums below 1000, two-digit column sums, each column
 # named), so the digits a line adds are easy to find: a 0.8M-parameter model learns the check in a
 # few hundred steps, and the glance (every carry at once) stays what the traces taught it.

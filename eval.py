@@ -579,9 +579,9 @@ def generate_all(args, tasks, todo, done, samples_path, save, rank=0):
         model, tokenizer = sample.load_model(args.model, device=device, dtype=args.dtype)
     except (ValueError, OSError) as e:  # a CheckpointError or an unavailable --device are ValueErrors
         raise BadInput(f"--model {args.model}: {e}") from None
-    save = save or (lambda complete: None)
+    os.makedirs(args.out, exist_ok=True)  # by every process, before its first write
+    save = save or (lambda complete: None)  # under torchrun only process 0 writes results.json
     save(complete=False)  # results.json before any sample: a rerun into this --out checks its config
-    os.makedirs(args.out, exist_ok=True)  # under torchrun, process 0 (which writes results.json) may be behind
     with open(samples_path, "a", encoding="utf-8") as out:
         for (name, (budget, wait)), pending in todo.items():
             if not pending:
