@@ -467,12 +467,12 @@ def train(args):
 
     if stop < total_steps:
         say(f"stopped after step {stop} of {total_steps}; continue with --resume")
-        return
-    export_hf(model, config, args.out_dir, param_dtype, tokenizer,
-              ckpt_dir and os.path.join(ckpt_dir, "generation_config.json"), rank)
-    say(f"exported the fine-tuned model to {args.out_dir} (Hugging Face format)")
+    else:
+        export_hf(model, config, args.out_dir, param_dtype, tokenizer,
+                  ckpt_dir and os.path.join(ckpt_dir, "generation_config.json"), rank)
+        say(f"exported the fine-tuned model to {args.out_dir} (Hugging Face format)")
     if wandb:
-        wandb.finish()
+        wandb.finish()  # here, not at exit: the script ends with os._exit, which runs no exit handlers
 
 
 def main(argv=None):
@@ -490,3 +490,10 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+    # Leave without the interpreter's teardown. A gloo worker thread can still be letting go of the last
+    # collective's tensors while Python shuts down; needing the GIL then, it aborts the process
+    # (pytorch/pytorch#190489) and torchrun reports a finished run as failed. Every file is written and
+    # closed by now and the process group is destroyed, so there is nothing left to tear down.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
