@@ -55,6 +55,24 @@ def qwen_tokenizer():
     return AutoTokenizer.from_pretrained(str(QWEN_TOKENIZER))
 
 
+@pytest.fixture
+def fresh_compile():
+    """torch.compile with nothing compiled before; returns a function that counts the graphs made since."""
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+    yield lambda: counters["stats"]["unique_graphs"]
+    torch._dynamo.reset()
+
+
+@pytest.fixture
+def aot_eager(monkeypatch):
+    """torch.compile through the aot_eager backend: it traces as a GPU compile does (dynamo, then
+    functionalisation and autograd's joint graph) without generating kernels, so it takes seconds on any CPU."""
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda *a, **kw: real_compile(*a, **dict(kw, backend="aot_eager")))
+
+
 def run_torchrun(script, args, nproc=2):
     """script under torchrun with nproc CPU processes (gloo) on a free local port; fails on a non-zero exit."""
     with socket.socket() as sock:

@@ -175,24 +175,11 @@ def test_rows_that_stop_early_leave_the_batch_and_the_rest_stay_right(tiny_pair)
     assert our_generate(model, prompts, 16, eos=eos) == expected
 
 
-@pytest.fixture
-def fresh_compile():
-    """torch.compile with nothing compiled before; returns a function that counts the graphs made since."""
-    from torch._dynamo.utils import counters
-    torch._dynamo.reset()
-    counters.clear()
-    yield lambda: counters["stats"]["unique_graphs"]
-    torch._dynamo.reset()
-
-
-def test_compiled_decode_step_traces_whole_and_matches_transformers(tiny_pair, monkeypatch, fresh_compile):
+def test_compiled_decode_step_traces_whole_and_matches_transformers(tiny_pair, aot_eager, fresh_compile):
     # --compile attends over the whole preallocated cache with a mask (static shapes, for CUDA graphs) and
-    # compiles the step with fullgraph=True, so a graph break fails here. The aot_eager backend traces as a
-    # GPU compile does (dynamo, then functionalisation of the in-place cache writes) without generating
-    # kernels, so it runs in seconds on any CPU. Rows leave as they finish, so the batch shrinks.
+    # compiles the step with fullgraph=True, so a graph break fails here. aot_eager functionalises the
+    # in-place cache writes as a GPU compile would. Rows leave as they finish, so the batch shrinks.
     model, ref = tiny_pair
-    real_compile = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, **dict(kw, backend="aot_eager")))
     prompts = [[5, 6, 7, 8, 9, 10, 11], [3, 4], [100, 2, 50, 60], [9]]
     eos = reference_generate(ref, prompts, 16)[1][2]
     expected = reference_generate(ref, prompts, 16, eos=eos)
