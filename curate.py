@@ -188,8 +188,11 @@ def read_domains(path: str) -> list[dict]:
     try:
         with open(path, encoding="utf-8") as f:
             domains = json.load(f)
+    except FileNotFoundError:
+        raise CurateError(f"--domains-file {path}: no such file; give the MSC2020 list (s1's data/msc.json, in the "
+                          "team's data as msc/msc2020_top_level.json) or a list in its shape") from None
     except (OSError, ValueError) as e:
-        raise CurateError(f"--domains-file {path}: cannot read it ({type(e).__name__})") from None
+        raise CurateError(f"--domains-file {path}: cannot read it as JSON ({type(e).__name__})") from None
     if not (isinstance(domains, list) and domains and all(
             isinstance(d, dict) and isinstance(d.get("code"), str) and d["code"].strip() and
             isinstance(d.get("title"), str) and isinstance(d.get("descriptions", []), list) for d in domains)

@@ -71,12 +71,21 @@ def empty(v) -> bool:
 # Grading an attempt against a row's reference
 
 
+PROOF = re.compile(r"\b(prove|show that|show, that)\b", re.IGNORECASE)
+
+
 def reference(row: dict) -> tuple[str, str] | None:
-    """(gold, grader) to grade attempts at this row symbolically, or None for a free-text reference (a proof,
-    an explanation). An `answer` column wins; else the solution is an integer (AIME-like: integer grader), a
-    letter A-D (multiple choice), has a \\boxed{} (its content, math-verify) or is short: one line of at most
-    64 characters with no word of 3+ letters outside LaTeX commands ("\\frac{\\pi}{2}", "2.35 m/s")."""
-    text = str(row.get("answer") or row.get("solution") or "").strip()
+    """(gold, grader) to grade attempts at this row symbolically, or None for a free-text reference: a proof
+    (the question says prove or show that, even when its solution boxes the claim) or an explanation. An
+    `answer` column wins; else the solution is an integer (AIME-like: integer grader), a letter A-D
+    (multiple choice), has a \\boxed{} (its content, math-verify) or is short: one line of at most 64
+    characters with no word of 3+ letters outside LaTeX commands ("\\frac{\\pi}{2}", "2.35 m/s")."""
+    if not empty(row.get("answer")):
+        text = str(row["answer"]).strip()
+    elif PROOF.search(row.get("question") or ""):
+        return None
+    else:
+        text = str(row.get("solution") or "").strip()
     if re.fullmatch(r"[+-]?\d+", text):
         return text, "integer"
     letter = re.fullmatch(r"\(?([A-D])\)?\.?", text)
@@ -228,7 +237,9 @@ def choose(model, prompts: list[list[int]], options: list[list[int]]) -> torch.T
     try:
         if L:
             model(torch.tensor([prompts[0][:L]], device=device), input_pos=slots[:L], last_only=True)
-            sample.keep_rows(model, torch.zeros(B, dtype=torch.long, device=device))  # the prefix, in every row
+            for layer in model.model.layers:  # the prefix's keys and values, copied into every row
+                cache = layer.self_attn.kv_cache
+                cache.k, cache.v = cache.k.expand(B, -1, -1, -1).clone(), cache.v.expand(B, -1, -1, -1).clone()
         pad = torch.tensor([T - len(r) for r in rest], device=device)  # (B,)
         idx = torch.tensor([[0] * (T - len(r)) + r for r in rest], device=device)  # (B, T)
         live = torch.arange(T, device=device)[None, :] >= pad[:, None]  # (B, T): real tokens, not padding
