@@ -5,6 +5,7 @@ import json
 import math
 import random
 import re
+from collections import Counter
 
 import pytest
 
@@ -45,7 +46,8 @@ def real():
     s1k = read_jsonl(SHARED_DATA / "s1k" / "s1k_question_solution.jsonl")
     return dict(s1k=s1k, math=read_jsonl(SHARED_DATA / "math500" / "test.jsonl"),
                 aime=read_jsonl(SHARED_DATA / "aime24" / "aime24_nofigures.jsonl"),
-                proofs=[r for r in s1k if reference(r) is None], letters=[r for r in s1k if r["solution"] in ("A", "B", "C", "D")])
+                proofs=[r for r in s1k if reference(r) is None],
+                letters=[r for r in s1k if r["solution"] in ("A", "B", "C", "D")])
 
 
 # -----------------------------------------------------------------------------
@@ -87,7 +89,7 @@ def test_string_rules(real, edit, source, rule):
     assert quality_drop(row, COLS) == rule
 
 
-def test_missing_fields_and_duplicates(real):
+def test_missing_fields_and_duplicates(real, tmp_path, capsys):
     rows = [pool_row(r["problem"], r["solution"], MATH, "x") for r in real["math"]]
     rows = [r for r in rows if quality_drop(r, COLS) is None][:6]  # MATH500 has [asy] figures, for one
     rows[1]["solution"], rows[2]["thinking_trajectories"], rows[3]["attempt"] = None, [], "  "
@@ -96,6 +98,8 @@ def test_missing_fields_and_duplicates(real):
     assert [r["question"] for r in kept] == [rows[i]["question"] for i in (0, 4, 5)]
     assert drops == {"missing solution": 1, "missing thinking_trajectories": 1, "missing attempt": 1,
                      "duplicate question": 1}
+    curate.main(["quality", "--pool", write_jsonl(tmp_path / "pool.jsonl", rows)])
+    assert "7 rows, 3 pass s1's quality filters" in capsys.readouterr().out
 
 
 # -----------------------------------------------------------------------------
@@ -135,7 +139,8 @@ def wrong_sampler(weight, shortest_first=False, close_up=True):
         items = sorted(by_domain["d"], key=lambda t: t[1], reverse=not shortest_first)
         ranks, picks = list(range(len(items))), []  # close_up=False: every item keeps its first rank
         for _ in range(k):
-            i = rng.choices(range(len(items)), weights=[weight(i if close_up else ranks[i]) for i in range(len(items))])[0]
+            w = [weight(i if close_up else ranks[i]) for i in range(len(items))]
+            i = rng.choices(range(len(items)), weights=w)[0]
             picks.append(("d", i, items.pop(i)[0]))
             ranks.pop(i)
         return picks
@@ -168,13 +173,17 @@ def test_draw_picks_domains_uniformly_and_drops_empty_ones():
     assert draw({"a": [("x", 1)]}, 5, random.Random(0)) == [("a", 0, "x")]  # fewer than asked: all there is
 
 
+def domain_counts(pick_lists):
+    return Counter(d for picks in pick_lists for d, _, _ in picks)
+
+
 def test_benchmark_weighting_after_a_number_of_draws():
     by_domain = {d: [(f"{d}{i}", i) for i in range(50)] for d in "abc"}
     weights = {"a": 3, "b": 1}  # c has none
     n = 4000
-    later = Counter_of(draw(by_domain, 8, random.Random(s), weights, after=6)[6:] for s in range(n // 2))
+    later = domain_counts(draw(by_domain, 8, random.Random(s), weights, after=6)[6:] for s in range(n // 2))
     assert later["c"] == 0 and agrees([later["a"], later["b"]], [0.75, 0.25])
-    early = Counter_of(draw(by_domain, 6, random.Random(s), weights, after=6) for s in range(n // 6))
+    early = domain_counts(draw(by_domain, 6, random.Random(s), weights, after=6) for s in range(n // 6))
     assert agrees([early[d] for d in "abc"], [1 / 3] * 3)
     rows = [dict(question=f"g{i}", source_type=GPQA) for i in range(8)] + [
         dict(question=f"a{i}", source_type=AIME) for i in range(2)]
@@ -183,32 +192,32 @@ def test_benchmark_weighting_after_a_number_of_draws():
     assert curate.benchmark_weights(rows, domain_of) == {"x": 1, "y": 1}
 
 
-def Counter_of(pick_lists):
-    from collections import Counter
-    return Counter(d for picks in pick_lists for d, _, _ in picks)
-
-
 # -----------------------------------------------------------------------------
 # Difficulty and selection on a constructed pool with constructed attempts
 
 
 def constructed_pool(real):
-    """Nine real questions, each with who (of models A and B) answers it right, and the teacher's attempt."""
-    aime, math500, proofs, letters = real["aime"], real["math"], real["proofs"], real["letters"]
+    """Nine real questions: the rows (trace length and domain made up) and the attempts of models A and B."""
+    aime, math500, proofs, letter = real["aime"], real["math"], real["proofs"], real["letters"][0]
     boxed = lambda x: f"So the answer is $\\boxed{{{x}}}$."  # noqa: E731
-    spec = [  # row, attempt of A, attempt of B
-        (pool_row(aime[0]["problem"], aime[0]["answer"], AIME, boxed(aime[0]["answer"]), 90, "11"), boxed(int(aime[0]["answer"])), boxed(1)),
-        (pool_row(aime[1]["problem"], aime[1]["answer"], AIME, boxed(1), 80, "05"), boxed(2), boxed(aime[1]["answer"])),
-        (pool_row(aime[2]["problem"], aime[2]["answer"], AIME, boxed(aime[2]["answer"]), 70, "05"), boxed(3), "no idea"),
-        (pool_row(math500[0]["problem"], math500[0]["solution"], MATH, boxed(math500[0]["answer"]), 400, "51"), boxed(0), ""),
-        (pool_row(math500[1]["problem"], math500[1]["solution"], MATH, boxed(math500[1]["answer"]), 20, "51"), boxed(0), boxed(0)),
-        (pool_row(math500[2]["problem"], math500[2]["solution"], MATH, boxed(0), 60, "51"), boxed(0), boxed(math500[2]["answer"])),
-        (pool_row(proofs[0]["question"], proofs[0]["solution"], NUMINA, "proof", 30, "26"), "A proof.", "Another proof."),
-        (pool_row(proofs[1]["question"], proofs[1]["solution"], NUMINA, "proof", 40, "26"), "A proof.", "Another proof."),
-        (pool_row(letters[0]["question"], letters[0]["solution"], GPQA, "Answer: (" + letters[0]["solution"] + ")", 50, "81"),
-         "(" + "ABCD"[("ABCD".index(letters[0]["solution"]) + 1) % 4] + ")", "I do not know"),
+    wrong_letter = "ABCD"[("ABCD".index(letter["solution"]) + 1) % 4]
+    spec = [  # question, solution, source, the teacher's attempt, trace words, domain; attempts of A and B
+        (aime[0]["problem"], aime[0]["answer"], AIME, boxed(aime[0]["answer"]), 90, "11", boxed(int(aime[0]["answer"])),
+         boxed(1)),  # A is right (204 = 204)
+        (aime[1]["problem"], aime[1]["answer"], AIME, boxed(1), 80, "05", boxed(2), boxed(aime[1]["answer"])),  # B
+        (aime[2]["problem"], aime[2]["answer"], AIME, boxed(aime[2]["answer"]), 70, "05", boxed(3), "no idea"),
+        (math500[0]["problem"], math500[0]["solution"], MATH, boxed(math500[0]["answer"]), 400, "51", boxed(0), ""),
+        (math500[1]["problem"], math500[1]["solution"], MATH, boxed(math500[1]["answer"]), 20, "51", boxed(0),
+         boxed(0)),
+        (math500[2]["problem"], math500[2]["solution"], MATH, boxed(0), 60, "51", boxed(0),
+         boxed(math500[2]["answer"])),  # B is right
+        (proofs[0]["question"], proofs[0]["solution"], NUMINA, "proof", 30, "26", "A proof.", "Another proof."),
+        (proofs[1]["question"], proofs[1]["solution"], NUMINA, "proof", 40, "26", "A proof.", "Another proof."),
+        (letter["question"], letter["solution"], GPQA, f"Answer: ({letter['solution']})", 50, "81",
+         f"({wrong_letter})", "I do not know"),
     ]
-    return [r for r, _, _ in spec], {"m/A": [a for _, a, _ in spec], "m/B": [b for _, _, b in spec]}
+    rows = [pool_row(q, sol, src, att, words, dom) for q, sol, src, att, words, dom, _, _ in spec]
+    return rows, {"m/A": [s[6] for s in spec], "m/B": [s[7] for s in spec]}
 
 
 def write_attempts(work, rows, attempts):
@@ -256,7 +265,8 @@ def test_difficulty_rule_and_selection(real, tmp_path, capsys):
                 ((6, "m/A", "Yes"), (6, "m/B", "No"), (7, "m/A", "No"), (7, "m/B", "No"))]
     append_cache(str(tmp_path / "work" / "judge" / f"{slug(curate.JUDGE)}.jsonl"), {}, verdicts)
     chosen, report = select(tmp_path, pool, "--n", "5", "--ungradeable", "judge", out="judge.jsonl")
-    assert rows[6]["question"] not in {r["question"] for r in chosen} and rows[7]["question"] in {r["question"] for r in chosen}
+    questions = {r["question"] for r in chosen}
+    assert rows[6]["question"] not in questions and rows[7]["question"] in questions
     assert report["difficulty"]["free_text_references"] == {"judged solved": 1, "judged unsolved": 1}
 
 

@@ -76,14 +76,16 @@ def real():
 def test_references_and_grading_on_real_data(real):
     # AIME: "025" is an integer reference, graded as an integer.
     assert reference(dict(solution=real["aime"][0]["answer"])) == (real["aime"][0]["answer"], "integer")
-    assert grade("so $\\boxed{25}$", ("025", "integer"))["correct"] and not grade("\\boxed{26}", ("025", "integer"))["correct"]
+    assert grade("so $\\boxed{25}$", ("025", "integer"))["correct"]
+    assert not grade("\\boxed{26}", ("025", "integer"))["correct"]
     # MATH500: the reference read off the solution (its last box) accepts the dataset's own answer.
     for r in real["math"][:25]:
         ref = reference(dict(solution=r["solution"]))
         assert ref[1] == "math" and grade(f"The answer is $\\boxed{{{r['answer']}}}$.", ref)["correct"], r["unique_id"]
     assert not grade("\\boxed{7}", reference(dict(solution=real["math"][2]["solution"])))["correct"]
     assert reference(dict(solution="C")) == ("C", "choice") and grade("Answer: (C)", ("C", "choice"))["correct"]
-    assert reference(dict(solution="2.35")) == ("2.35", "math") and reference(dict(solution="$C(4)=14$.")) == ("C(4)=14", "math")
+    assert reference(dict(solution="2.35")) == ("2.35", "math")
+    assert reference(dict(solution="$C(4)=14$.")) == ("C(4)=14", "math")
     assert reference(dict(solution="x", answer="17")) == ("17", "integer")  # an answer column wins
     for text in ("Paris", "True", "ABC", "The tension is 5 N because ..."):
         assert reference(dict(solution=text)) is None and grade("\\boxed{1}", None)["correct"] is None
@@ -154,7 +156,8 @@ def test_distill_resumes_and_train_py_reads_it(real, qwen_tiny, tmp_path, monkey
     out = read_jsonl(tmp_path / "a.jsonl")
     assert out == read_jsonl(tmp_path / "b.jsonl") and len(out) == 6
     assert out[0]["deepseek_thinking_trajectory"] == "Thinking about it." and out[0]["deepseek_grade"] == "Yes"
-    assert [r["deepseek_grade"] for r in out] == ["Yes", "No", "Yes", "No", "No", "Yes"] and out[0]["teacher"] == qwen_tiny
+    assert [r["deepseek_grade"] for r in out] == ["Yes", "No", "Yes", "No", "No", "Yes"]
+    assert out[0]["teacher"] == qwen_tiny
     examples, _ = load_sft_data(str(tmp_path / "a.jsonl"), AutoTokenizer.from_pretrained(qwen_tiny), 2048)
     assert len(examples) == 6
 
@@ -162,6 +165,18 @@ def test_distill_resumes_and_train_py_reads_it(real, qwen_tiny, tmp_path, monkey
     with pytest.raises(SystemExit) as e:
         distill.main(argv + ["--work", str(tmp_path / "w"), "--out", str(tmp_path / "c.jsonl"), "--temperature", "1"])
     assert e.value.code == 2 and "temperature 0.6 -> 1.0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("rows, out, words", [
+    ([dict(problem="What is 1+1?")], "o.jsonl", "no column 'question'"),
+    ([dict(question="What is 1+1?")], "o.csv", "give a .jsonl file"),
+])
+def test_distill_bad_input(tmp_path, capsys, rows, out, words):
+    with pytest.raises(SystemExit) as e:
+        distill.main(["--questions", write_jsonl(tmp_path / "q.jsonl", rows), "--out", str(tmp_path / out),
+                      "--work", str(tmp_path / "w"), "--model", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and words in err and err.count("\n") == 1 and not (tmp_path / out).exists()
 
 
 def test_teacher_settings_come_from_its_generation_config(tmp_path):
@@ -178,7 +193,8 @@ def test_model_stages_end_to_end_on_cpu(real, qwen_tiny, tmp_path, capsys):
     """attempts, judge, domains, select and distill, each through the real model code: a random model's output
     is garbage, so this checks the plumbing (caches, constrained choice, resumption, refusals), not the grades."""
     rows = [dict(question=r["problem"], solution=r["solution"], source_type="qfq/openaimath",
-                 thinking_trajectories=["Think " * (5 + i)], attempt="\\boxed{0}") for i, r in enumerate(real["math"][:3])]
+                 thinking_trajectories=["Think " * (5 + i)], attempt="\\boxed{0}")
+            for i, r in enumerate(real["math"][:3])]
     rows.append(dict(question=real["s1k"][0]["question"], solution=real["s1k"][0]["solution"], source_type="numina",
                      thinking_trajectories=["A proof."], attempt="Proof."))  # a free-text reference
     pool, work = write_jsonl(tmp_path / "pool.jsonl", rows), str(tmp_path / "w")
@@ -202,8 +218,8 @@ def test_model_stages_end_to_end_on_cpu(real, qwen_tiny, tmp_path, capsys):
     assert len(domains) == 4 and all(d["domain"] in codes for d in domains.values())
 
     curate.main(["select", "--pool", pool, "--work", work, "--out", str(tmp_path / "s.jsonl"), "--n", "3",
-                 "--models", qwen_tiny, "--ungradeable", "judge", "--judge-model", qwen_tiny, "--domain-model", qwen_tiny,
-                 "--domains-file", str(MSC), "--tokenizer", str(QWEN_TOKENIZER)])
+                 "--models", qwen_tiny, "--ungradeable", "judge", "--judge-model", qwen_tiny,
+                 "--domain-model", qwen_tiny, "--domains-file", str(MSC), "--tokenizer", str(QWEN_TOKENIZER)])
     chosen = read_jsonl(tmp_path / "s.jsonl")
     assert len(chosen) == 3 and all(r["domain"].split()[0] in codes for r in chosen)
 
