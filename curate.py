@@ -206,8 +206,8 @@ def domains_main(args):
     """A local instruct model gives every question that passes quality one code of the domain list; the list
     is the system prompt, so choose() reads it once per batch."""
     domains = read_domains(args.domains_file)
-    system = CLASSIFY_SYSTEM + "\n".join(f"{d['code']} {d['title']}: {'; '.join(d.get('descriptions', []))}"
-                                         for d in domains)
+    subjects = [f"{d['code']} {d['title']}: {'; '.join(x.strip() for x in d.get('descriptions', []))}" for d in domains]
+    system = CLASSIFY_SYSTEM + "\n".join(subjects)
     rows, _ = quality(*load_pool(args.pool))
     settings = dict(model=args.model, prompt=system)
     path = cache_path(args, "domains", args.model)
