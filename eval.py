@@ -41,7 +41,6 @@ import random
 import re
 import sys
 import time
-from itertools import product
 from pathlib import Path
 
 import grade
@@ -176,6 +175,7 @@ def load_task(name, data_dir=None):
         hint = task.get("hint") or f"or put the file at {LOCAL_DATA_DIR}/{task['local']} (or pass --data-dir)"
         raise BadInput(f"{name}: cannot load {hub_id} from the hub ({type(e).__name__}); {hint}") from None
     return task["rows"](records), task["grader"]
+
 
 # -----------------------------------------------------------------------------
 # Settings of a sweep
@@ -341,6 +341,7 @@ def end_processes():
         if dist.is_initialized():
             dist.destroy_process_group()
 
+
 # -----------------------------------------------------------------------------
 # The evaluation loop
 
@@ -369,10 +370,10 @@ def evaluate(args):
     done = read_samples(samples_path)
     n_todo = len(methods.pending(tasks, settings, done, args.max_tries))
     if rank == 0:
+        more = " (and rejection sampling's next tries)" if any(s["method"] == "rs" for s in settings) else ""
         print(f"{len(tasks)} task(s) x {len(settings)} setting(s): {n_todo} samples to generate"
-              f"{f' by {world} processes' if world > 1 else ''}"
-              f"{' (rejection sampling draws more as tries fail)' if any(s['method'] == 'rs' for s in settings) else ''}"
-              f", {sum(not x.get('stage') for x in done.values())} already in {samples_path}")
+              f"{f' by {world} processes' if world > 1 else ''}{more}, "
+              f"{sum(not x.get('stage') for x in done.values())} already in {samples_path}")
 
     def save(complete):
         os.makedirs(args.out, exist_ok=True)
@@ -423,16 +424,17 @@ def generate_all(args, tasks, settings, done, samples_path, save, rank=0, world=
     save(complete=False)  # results.json before any sample: a rerun into this --out checks its config
     with open(samples_path, "a", encoding="utf-8") as out:
         for n_round in itertools.count(1):
-            jobs = [j for j in methods.pending(tasks, settings, done, args.max_tries) if j["position"] % world == rank]
+            jobs = methods.pending(tasks, settings, done, args.max_tries)
+            jobs = [j for j in jobs if j["position"] % world == rank]  # this process's problems, every round
             if not jobs:
                 break
             requests = [methods.request(j, lambda q: sample.build_prompt(tokenizer, q), args) for j in jobs]
             bar = tqdm(total=len(jobs), desc=f"round {n_round}", unit="sample", dynamic_ncols=True,
                        disable=rank != 0)  # under torchrun: process 0's share
-            t0, new_tokens, right = time.time(), 0, 0
+            t0, new_tokens, right, saved = time.time(), 0, 0, time.time()
 
             def on_finish(i, gen):
-                nonlocal new_tokens, right
+                nonlocal new_tokens, right, saved
                 job = jobs[i]
                 line = methods.finish(job, requests[i], gen, tokenizer)
                 line.update(gold=job["row"]["gold"], **grade.check(line["response"], job["row"]["gold"],
@@ -444,6 +446,9 @@ def generate_all(args, tasks, settings, done, samples_path, save, rank=0, world=
                 new_tokens, right = new_tokens + len(gen.token_ids), right + line["correct"]
                 bar.update(1)
                 bar.set_postfix(acc=f"{100.0 * right / bar.n:.1f}%", tok_s=f"{new_tokens / (time.time() - t0):.0f}")
+                if time.time() - saved > 60:  # results.json follows a long round once a minute
+                    save(complete=False)
+                    saved = time.time()
 
             try:
                 generate_requests(model, tokenizer, requests, on_finish, args)

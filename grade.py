@@ -94,9 +94,10 @@ def after_answer_mark(text):
     line, _, after = rest.partition("\n")
     line = line.strip().strip("*").strip()
     # Display math after the mark: "Answer:\n\\[\n x = 5\n\\]", or after words that only lead to it ("the point is").
-    words_only = not re.search(r"[\d$\\]", line)
-    start = rest.lstrip(" *\n") if not line or line.startswith(("$$", "\\[", "\\begin")) else after.lstrip() if words_only else ""
-    m = DISPLAY.match(start)
+    if not line or line.startswith(("$$", "\\[", "\\begin")):
+        m = DISPLAY.match(rest.lstrip(" *\n"))
+    else:
+        m = DISPLAY.match(after.lstrip()) if not re.search(r"[\d$\\]", line) else None
     if m:
         return next(g for g in (m.group(1), m.group(2), m.group(4)) if g is not None).strip()
     if not line or line.endswith(":"):  # "Answer:\n\n10", "Answer: Here is the solution:\n\n10"
@@ -226,7 +227,8 @@ def check(response: str, gold: str, grader: str) -> dict:
             return dict(extracted=None, correct=False, why=why)
         (letter,) = letters
         right = letter == gold.strip().upper()
-        return dict(extracted=letter, correct=right, why=f"{how} picks {letter}, {'the' if right else 'not the'} gold letter")
+        return dict(extracted=letter, correct=right,
+                    why=f"{how} picks {letter}, {'the' if right else 'not the'} gold letter")
     same = (integer_equal if grader == "integer" else math_equal)(answer, gold)
     rule = "equal integers" if grader == "integer" else "math-verify"
     return dict(extracted=answer, correct=same, why=f"{how}; {rule}: {'equal to' if same else 'not'} the gold answer")

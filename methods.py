@@ -3,18 +3,18 @@ The paper's ways of spending test-time compute (s1, Section 3.2, Table 3 and Fig
 what each one asks the model, how its thinking is ended, and how its samples become the points of an
 accuracy-against-thinking-tokens curve with the paper's Control, Scaling and Performance.
 
-| --methods | one point per       | the question ends with (*)             | thinking ends                       | samples / problem      |
-|-----------|---------------------|----------------------------------------|-------------------------------------|------------------------|
-| bf        | --budgets x --waits | -                                      | at the budget; N Waits first        | 1                      |
-| tcc       | --budgets (N)       | "Think for up to N tokens."            | when the model ends it              | 1                      |
-| tcc+bf    | --budgets (N)       | "Think for up to N tokens."            | at N tokens                         | 1                      |
-| scc       | --steps (N)         | "Think for up to N steps."             | when the model ends it              | 1                      |
-| scc+bf    | --steps (N)         | "Think for up to N steps."             | after N steps (**)                  | 1                      |
-| ccc       | short, long         | a generic short / long thinking prompt | when the model ends it              | 1                      |
-| rs        | --budgets (N)       | -                                      | when the model ends it; a try past  | 1 kept of at most      |
-|           |                     |                                        | N tokens is drawn again             | --max-tries, sampled   |
-| majority  | k = 1, 2, 4 ...     | -                                      | --max-thinking-tokens, --wait       | --samples, sampled;    |
-|           |                     |                                        |                                     | the first k vote       |
+| --methods | one point per    | the question ends with (*)  | thinking ends                       | per problem      |
+|-----------|------------------|-----------------------------|-------------------------------------|------------------|
+| bf        | budget x Waits   | -                           | at the budget, after --waits Waits  | 1 sample         |
+| tcc       | --budgets N      | "Think for up to N tokens." | when the model ends it              | 1 sample         |
+| tcc+bf    | --budgets N      | "Think for up to N tokens." | at N tokens                         | 1 sample         |
+| scc       | --steps N        | "Think for up to N steps."  | when the model ends it              | 1 sample         |
+| scc+bf    | --steps N        | "Think for up to N steps."  | after N steps (**)                  | 1 sample         |
+| ccc       | short, long      | a generic short/long prompt | when the model ends it              | 1 sample         |
+| rs        | --budgets N      | -                           | by the model; a try past N tokens   | 1 kept of up to  |
+|           |                  |                             | is drawn again                      | --max-tries      |
+| majority  | k = 1, 2, 4, ... | -                           | --max-thinking-tokens, --wait       | --samples; the   |
+|           |                  |                             |                                     | first k vote     |
 
 (*) The reference harness's prompts, word for word (simplescaling/s1, eval/lm-evaluation-harness/lm_eval/tasks/
     */utils.py: PROMPTTOKEN, PROMPTSTEP, PROMPTSHORT, PROMPTLONG), appended after a blank line. The paper
@@ -350,51 +350,70 @@ def print_table(results):
         for method, r in per_method.items():
             for key, p in r["settings"].items():
                 if p["n"]:
-                    print(f"{name:<{w}} {key:<28} {p['accuracy']:6.1f} {p['n']:5d} {fmt(p['thinking_tokens_mean']):>10} "
-                          f"{fmt(p.get('thinking_tokens_median'), '.0f'):>7} {p.get('hit_budget', 0):7d} "
-                          f"{p['no_answer']:6d}  {point_notes(p)}")
+                    print(f"{name:<{w}} {key:<28} {p['accuracy']:6.1f} {p['n']:5d} "
+                          f"{fmt(p['thinking_tokens_mean']):>10} {fmt(p.get('thinking_tokens_median'), '.0f'):>7} "
+                          f"{p.get('hit_budget', 0):7d} {p['no_answer']:6d}  {point_notes(p)}")
             print(f"{name:<{w}} {NAMES[method]}: Control {fmt(r['control'])}%  Scaling {fmt(r['scaling'], '+.1f')} "
                   f"per 1k tokens ({fmt(r['scaling_per_doubling'], '+.1f')} per doubling)  Performance "
                   f"{fmt(r['performance'])}%")
 
 
+# How each method's line looks: budget forcing in blues (one line per Wait count, darker with more Waits), a
+# prompt alone dashed and the same prompt with forcing solid in one colour, sampled methods in their own.
+WAIT_STYLES = [("#6baed6", "o", "-"), ("#2171b5", "s", "--"), ("#08306b", "^", ":"), ("#4a1486", "D", "-.")]
+METHOD_STYLES = {"tcc": ("tab:orange", "v", "--"), "tcc+bf": ("tab:orange", "v", "-"), "scc": ("tab:green", "P", "--"),
+                 "scc+bf": ("tab:green", "P", "-"), "ccc": ("tab:purple", "X", ":"), "rs": ("tab:red", "s", "-"),
+                 "majority": ("tab:brown", "D", "-")}
+
+
 def curves(method, points):
-    """The lines one method draws: [(label, [(x, y, no budget?)])]. Budget forcing draws one line per Wait
-    count across its budgets; every other method one line across its settings."""
-    drawn = [p for p in points.values() if p["n"] and p["thinking_tokens_mean"] is not None]
+    """The lines one method draws: [(label, (colour, marker, line style), [(x, y, no budget?)])]. Budget forcing
+    draws one line per Wait count across its budgets; every other method one line across its settings."""
+    drawn = [(p["thinking_tokens_mean"], p["accuracy"], p) for p in points.values()
+             if p["n"] and p["thinking_tokens_mean"] is not None]
     if method != "bf":
-        return [(NAMES[method], [(p["thinking_tokens_mean"], p["accuracy"], False) for p in drawn])]
+        return [(NAMES[method], METHOD_STYLES[method], [(x, y, False) for x, y, _ in drawn])]
     lines = {}
-    for p in drawn:
-        lines.setdefault(p["wait"], []).append((p["thinking_tokens_mean"], p["accuracy"], not isinstance(p["budget"], int)))
-    return [(f"budget forcing, {w} Wait{'s' * (w != 1)}", pts) for w, pts in sorted(lines.items())]
+    for x, y, p in drawn:
+        lines.setdefault(p["wait"], []).append((x, y, not isinstance(p["budget"], int)))
+    return [(f"budget forcing, {w} Wait{'s' * (w != 1)}", WAIT_STYLES[i % len(WAIT_STYLES)], pts)
+            for i, (w, pts) in enumerate(sorted(lines.items()))]
 
 
 def figure(results):
-    """Accuracy against average thinking tokens, one panel per task, log x axis, as the paper's figures; None
-    when matplotlib is not installed."""
+    """Accuracy against average thinking tokens, one panel per task, on a log x axis as the paper's Figures 1 and
+    4; a legend names the lines, hollow rings mark the settings without a thinking budget. None when matplotlib
+    is not installed."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import NullFormatter, ScalarFormatter
     except ImportError:
         return None
-    fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4.2), squeeze=False)
-    for ax, (name, per_method) in zip(axes[0], results.items()):
+    cols = min(2, len(results))  # two panels a row: four tasks read as a square, not a strip
+    rows = -(-len(results) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 4.5 * rows), squeeze=False)
+    for ax in axes.flat[len(results):]:
+        ax.set_visible(False)
+    for ax, (name, per_method) in zip(axes.flat, results.items()):
         xs = []
         for method, r in per_method.items():
-            for label, pts in curves(method, r["settings"]):
+            for label, (color, marker, style), pts in curves(method, r["settings"]):
                 pts = sorted(pts)
                 xs += [x for x, _, _ in pts]
-                (line,) = ax.plot([x for x, _, _ in pts], [y for _, y, _ in pts], "o-", ms=5, label=label)
-                free = [(x, y) for x, y, nobudget in pts if nobudget]  # no budget: hollow, larger markers
-                ax.plot([x for x, _ in free], [y for _, y in free], "o", ms=9, mfc="white", mec=line.get_color())
+                ax.plot([x for x, _, _ in pts], [y for _, y, _ in pts], color=color, marker=marker, ls=style, ms=6,
+                        lw=1.6, label=label)
+                free = [(x, y) for x, y, nobudget in pts if nobudget]
+                ax.plot([x for x, _ in free], [y for _, y in free], "o", ms=13, mfc="none", mec=color, mew=1.5)
         if xs and min(xs) > 0:
             ax.set_xscale("log", base=2)
-        ax.plot([], [], "o", ms=9, mfc="white", mec="gray", label="no thinking budget")
+            ax.xaxis.set_major_formatter(ScalarFormatter())  # 16, 32, 64 rather than 2^4, 2^5, 2^6
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.plot([], [], "o", ms=13, mfc="none", mec="gray", mew=1.5, label="no thinking budget")
         ax.set(title=name, xlabel="average thinking tokens per problem", ylabel="accuracy (%)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+        ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     plt.close(fig)  # pyplot lets go of it; the caller saves it
     return fig

@@ -88,7 +88,6 @@ def test_gpqa_prompt_and_shuffle():
     assert len({row["gold"] for row in rows}) == 4  # the correct answer is not always in one place
 
 
-
 # -----------------------------------------------------------------------------
 # Metrics, steps and votes on known inputs
 
@@ -172,11 +171,12 @@ def test_sweep_settings():
     assert list(by_key) == ["tcc:tokens=64", "tcc:tokens=128", "tcc+bf:tokens=64", "tcc+bf:tokens=128",
                             "scc+bf:steps=4", "ccc:short", "ccc:long", "rs:tokens=64", "rs:tokens=128",
                             "majority:budget=none,wait=0"]
-    assert by_key["tcc:tokens=64"]["suffix"] == "\n\nThink for up to 64 tokens." and by_key["tcc:tokens=64"]["budget"] is None
-    assert by_key["tcc+bf:tokens=64"]["budget"] == 64 and by_key["scc+bf:steps=4"]["steps"] == 4
-    assert by_key["scc+bf:steps=4"]["suffix"] == "\n\nThink for up to 4 steps." and by_key["scc+bf:steps=4"]["unit"] == "steps"
+    keys = ("tcc:tokens=64", "tcc+bf:tokens=64", "scc+bf:steps=4", "rs:tokens=64")
+    tcc, tcc_bf, scc_bf, rs = (by_key[k] for k in keys)
+    assert tcc["suffix"] == "\n\nThink for up to 64 tokens." and tcc["budget"] is None and tcc_bf["budget"] == 64
+    assert scc_bf["suffix"] == "\n\nThink for up to 4 steps." and (scc_bf["steps"], scc_bf["unit"]) == (4, "steps")
     assert by_key["ccc:short"]["suffix"].startswith("\n\nAnswer after a short amount of thinking.")
-    assert by_key["rs:tokens=64"]["budget"] == 65 and by_key["rs:tokens=64"]["bound"] == 64  # a natural end at 64 counts
+    assert rs["budget"] == 65 and rs["bound"] == 64  # thinking may run to 65 tokens, so a natural end at 64 counts
     assert by_key["majority:budget=none,wait=0"]["samples"] == 8
 
 
@@ -562,7 +562,8 @@ def test_sampled_methods_through_the_real_engine(tmp_path, monkeypatch):
     one, two = ({(s["setting"], s["id"], s["index"]): s for s in read_jsonl(tmp_path / d / "samples.jsonl")}
                 for d in ("one", "two"))
     assert one.keys() == two.keys() and all(one[k]["response"] == two[k]["response"] for k in one)
-    assert sorted(k for k in one if k[0].startswith("rs")) == [("rs:tokens=4", i, t) for i in ("0", "1") for t in (0, 1)]
+    rs = [("rs:tokens=4", i, t) for i in ("0", "1") for t in (0, 1)]
+    assert sorted(k for k in one if k[0].startswith("rs")) == rs
     assert len({s["seed"] for s in one.values()}) == len(one) == 2 * 2 + 2 * 2
     for s in one.values():  # a try is kept only when its thinking ended by itself, within 4 tokens
         if s["method"] == "rs":

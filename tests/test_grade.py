@@ -41,10 +41,10 @@ DIFFERENCES = {
     ("12", r"so it comes $\boxed{12^{\mathrm{th}}}$."): "an ordinal suffix is formatting (s1's judge, minerva)",
     (r"\text{Navin}", r"Answer: \text{Navin}"): 'the "Answer:" line is read as LaTeX even without $ around it',
     ("C", r"... hence \boxed{C} ..."): BOXED_LETTER,
-    ("5", r"\boxed{3}, no wait: \boxed{5}"): "boxes with words between them are a correction, not a set of "
-                                              "answers: the last one counts",
-    ("x^2 - 1", "Answer:\n\\begin{align*}\nx^2 - 1\n\\end{align*}"): "display math after \"Answer:\" is the answer, "
-                                                                     "an align environment too",
+    ("5", r"\boxed{3}, no wait: \boxed{5}"): "boxes with words between them are a correction, not a set: "
+                                             "the last one counts",
+    ("x^2 - 1", "Answer:\n\\begin{align*}\nx^2 - 1\n\\end{align*}"): "display math after \"Answer:\" is the "
+                                                                     "answer, an align environment too",
     ("1000.99", "Answer: $1000,99$"): DECIMAL_COMMA,
     ("1000.99", r"\boxed{1000,99}"): DECIMAL_COMMA,
     ("1000", r"\boxed{1 000}"): "math-verify reads LaTeX \"1 000\" as 1 times 000; digits in groups of three are one "
@@ -118,7 +118,8 @@ def test_extract(response, answer, how):
 
 
 @pytest.mark.parametrize("text,single,number", [
-    ("1,000", False, "1000"), ("1 000 000", False, "1000000"), (r"10,\!080", False, "10080"), ("1{,}000", False, "1000"),
+    ("1,000", False, "1000"), ("1 000 000", False, "1000000"), (r"10,\!080", False, "10080"),
+    ("1{,}000", False, "1000"),
     ("1,000.99", False, "1000.99"), (r"\$1,000", False, "1000"), ("25.", False, "25"), (".5", False, ".5"),
     ("1000,99", True, "1000.99"), ("0,111", True, "0.111"), ("1000,99", False, None), ("3,5", False, None),
     ("0,111", False, None), ("12,34,567", True, None), ("x", True, None), (r"12^{\mathrm{th}}", True, None),
@@ -140,7 +141,8 @@ def test_check_says_why():
     assert grade.check(r"\boxed{B, C}", "B", "choice") == dict(
         extracted=None, correct=False, why="the last \\boxed{} names two letters, B and C")
     right = grade.check("Answer: 1,000", "1000", "integer")
-    assert right == dict(extracted="1,000", correct=True, why='the "Answer:" line; equal integers: equal to the gold answer')
+    why = 'the "Answer:" line; equal integers: equal to the gold answer'
+    assert right == dict(extracted="1,000", correct=True, why=why)
     assert grade.check("nothing here", "5", "math")["why"] == "no \\boxed{}, no \"Answer:\" and no number in the answer"
     with pytest.raises(ValueError):
         grade.check(r"\boxed{1}", "1", "nope")
