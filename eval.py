@@ -10,14 +10,12 @@ method's instruction after it), sample.py's engine writes the thinking and the a
     "Answer:" line or the display math after it, else the last number or expression in the text
     AIME: integer comparison   MATH: math-verify equivalence   GPQA: the one letter picked (none or two = wrong)
 
-A sweep runs every task once per setting of each method (`--methods bf,tcc --budgets 512,1024,2048`,
-`--waits 0,1,2`, `--steps 16,32,64`, `--samples 64`) and reports per task and method the paper's three
+A sweep runs every task once per setting of each method and reports per task and method the paper's three
 numbers: Control, Scaling and Performance (methods.sweep_metrics).
 
     python eval.py --model out/s1 --tasks aime24,math500 --data-dir ../shared/data --budgets 1024,2048
     python eval.py --model simplescaling/s1.1-32B --waits 0,1,2 --batch-size 32
-    python eval.py --model out/s1 --tasks aime24 --methods bf,tcc,tcc+bf,rs --budgets 1024,2048,4096,8192
-    python eval.py --model Qwen/Qwen2.5-32B-Instruct --tasks aime24 --methods majority --samples 64
+    python eval.py --model out/s1 --tasks aime24 --methods bf,tcc,tcc+bf,rs,majority --budgets 1024,2048,4096
     torchrun --nproc_per_node 8 eval.py --model out/s1 --budgets 1024,2048,4096   # 8 GPUs, a share each
 
 What it writes (--out): samples.jsonl (one line per generation, with the answer it extracted and why it was
@@ -38,7 +36,6 @@ import itertools
 import json
 import os
 import random
-import re
 import sys
 import time
 from pathlib import Path
@@ -178,57 +175,6 @@ def load_task(name, data_dir=None):
 
 
 # -----------------------------------------------------------------------------
-# Settings of a sweep
-
-def parse_budget(text):
-    """A thinking budget: a positive int, "auto" or "none"."""
-    t = str(text).strip().lower()
-    if t == "none":
-        return None
-    if t == "auto":
-        return "auto"
-    if not re.fullmatch(r"\+?\d+", t) or int(t) <= 0:
-        raise BadInput(f"bad thinking budget {text!r}: give a positive number of tokens, auto or none")
-    return int(t)
-
-
-def parse_count(text, what, least=0):
-    if not re.fullmatch(r"\s*\+?\d+\s*", str(text)) or int(text) < least:
-        raise BadInput(f"bad {what} {text!r}: give a number >= {least}")
-    return int(text)
-
-
-def parse_list(text, parse_one, flag, example):
-    items = str(text).split(",")
-    if not all(x.strip() for x in items):
-        raise BadInput(f"{flag} {text!r}: an empty item; give comma-separated values such as {example}")
-    return list(dict.fromkeys(parse_one(x) for x in items))  # a repeated value runs once
-
-
-def sweep_settings(args):
-    """Every setting of every --methods, see methods.sweep."""
-    budgets = (parse_list(args.budgets, parse_budget, "--budgets", "512,1024,2048") if args.budgets
-               else [parse_budget(args.max_thinking_tokens)])
-    waits = (parse_list(args.waits, lambda x: parse_count(x, "wait count"), "--waits", "0,1,2,4") if args.waits
-             else [parse_count(args.wait, "wait count")])
-    steps = parse_list(args.steps, lambda x: parse_count(x, "step count", 1), "--steps", "16,32,64")
-    names = parse_list(args.methods, str.strip, "--methods", "bf,tcc,rs")
-    parse_count(args.samples, "--samples (majority voting's k samples per problem)", least=1)
-    parse_count(args.max_tries, "--max-tries", least=1)
-    if args.temperature is not None and not args.temperature >= 0:
-        raise BadInput(f"--temperature {args.temperature}: give 0 (greedy) or more")
-    if args.temperature == 0 and set(names) & set(methods.SAMPLED):
-        raise BadInput("--temperature 0 with rejection sampling or majority voting: greedy decoding draws the same "
-                       "sample every time, so a rejected try would only come back and k votes would be one; "
-                       "leave --temperature out (they sample at 1, as the paper) or give one > 0")
-    try:
-        return methods.sweep(names, budgets, waits, steps, parse_budget(args.max_thinking_tokens),
-                             parse_count(args.wait, "wait count"), args.samples)
-    except methods.BadSweep as e:
-        raise BadInput(str(e)) from None
-
-
-# -----------------------------------------------------------------------------
 # Files: samples.jsonl is appended sample by sample; results.json and scaling.png are replaced atomically
 
 def atomic_write(path, write):
@@ -346,7 +292,10 @@ def end_processes():
 # The evaluation loop
 
 def evaluate(args):
-    settings = sweep_settings(args)
+    try:
+        settings = methods.sweep(args)
+    except methods.BadSweep as e:
+        raise BadInput(str(e)) from None
     if args.batch_size < 1 or (args.limit is not None and args.limit < 1) or args.max_new_tokens < 1:
         raise BadInput("--batch-size, --limit and --max-new-tokens must be at least 1")
     names = [t.strip() for t in args.tasks.split(",")]

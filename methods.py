@@ -1,7 +1,8 @@
 """
 The paper's ways of spending test-time compute (s1, Section 3.2, Table 3 and Figure 4) as sweeps of eval.py:
-what each one asks the model, how its thinking is ended, and how its samples become the points of an
-accuracy-against-thinking-tokens curve with the paper's Control, Scaling and Performance.
+what each one asks the model, how its thinking is ended, how its samples become the points of an
+accuracy-against-thinking-tokens curve with the paper's Control, Scaling and Performance, and how they read:
+the table eval.py prints and the picture it draws (scaling.png).
 
 | --methods | one point per    | the question ends with (*)  | thinking ends                       | per problem      |
 |-----------|------------------|-----------------------------|-------------------------------------|------------------|
@@ -27,7 +28,9 @@ accuracy-against-thinking-tokens curve with the paper's Control, Scaling and Per
 
 bf, tcc, scc and ccc decode greedily (the paper); rs and majority sample at --temperature (default 1, the
 paper's), each sample with its own seed drawn from (--seed, task, problem, method, sample or try number), so
-a rerun draws the same samples whatever the batching and wherever a crash cut the run.
+a rerun draws the same samples whatever the batching and wherever a crash cut the run. Every method starts
+the thinking block (the prompt ends in "<|im_start|>think"); the reference's majority voting with
+Qwen2.5-32B-Instruct decoded it as a plain chat instead.
 What it leaves out: REBASE and the other search methods of the paper's discussion section.
 """
 
@@ -56,6 +59,54 @@ class BadSweep(ValueError):
     """A sweep that cannot run; eval.py reports it as bad input."""
 
 
+# -----------------------------------------------------------------------------
+# Settings of a sweep: from eval.py's flags to one dict per setting
+
+def parse_budget(text):
+    """A thinking budget: a positive int, "auto" or "none"."""
+    t = str(text).strip().lower()
+    if t == "none":
+        return None
+    if t == "auto":
+        return "auto"
+    if not re.fullmatch(r"\+?\d+", t) or int(t) <= 0:
+        raise BadSweep(f"bad thinking budget {text!r}: give a positive number of tokens, auto or none")
+    return int(t)
+
+
+def parse_count(text, what, least=0):
+    if not re.fullmatch(r"\s*\+?\d+\s*", str(text)) or int(text) < least:
+        raise BadSweep(f"bad {what} {text!r}: give a number >= {least}")
+    return int(text)
+
+
+def parse_list(text, parse_one, flag, example):
+    items = str(text).split(",")
+    if not all(x.strip() for x in items):
+        raise BadSweep(f"{flag} {text!r}: an empty item; give comma-separated values such as {example}")
+    return list(dict.fromkeys(parse_one(x) for x in items))  # a repeated value runs once
+
+
+def sweep(args):
+    """Every setting of the --methods eval.py was given, in the table's order (see settings_of)."""
+    budgets = (parse_list(args.budgets, parse_budget, "--budgets", "512,1024,2048") if args.budgets
+               else [parse_budget(args.max_thinking_tokens)])
+    waits = (parse_list(args.waits, lambda x: parse_count(x, "wait count"), "--waits", "0,1,2,4") if args.waits
+             else [parse_count(args.wait, "wait count")])
+    steps = parse_list(args.steps, lambda x: parse_count(x, "step count", 1), "--steps", "16,32,64")
+    names = parse_list(args.methods, str.strip, "--methods", "bf,tcc,rs")
+    parse_count(args.samples, "--samples (majority voting's k samples per problem)", least=1)
+    parse_count(args.max_tries, "--max-tries", least=1)
+    if args.temperature is not None and not args.temperature >= 0:
+        raise BadSweep(f"--temperature {args.temperature}: give 0 (greedy) or more")
+    if args.temperature == 0 and set(names) & set(SAMPLED):
+        raise BadSweep("--temperature 0 with rejection sampling or majority voting: greedy decoding draws the same "
+                       "sample every time, so a rejected try would only come back and k votes would be one; "
+                       "leave --temperature out (they sample at 1, as the paper) or give one > 0")
+    return settings_of(names, budgets, waits, steps, parse_budget(args.max_thinking_tokens),
+                       parse_count(args.wait, "wait count"), args.samples)
+
+
 def setting(method, key, n=None, suffix="", budget=None, wait=0, steps=None, samples=1, bound=None, unit="tokens"):
     """One point of a sweep. n: the number it asks for; suffix: appended to the question; budget: the
     forcing cap in thinking tokens; steps: cut the thinking after this many steps; bound: the Control bound
@@ -64,7 +115,7 @@ def setting(method, key, n=None, suffix="", budget=None, wait=0, steps=None, sam
                 bound=bound, unit=unit)
 
 
-def sweep(methods, budgets, waits, steps, budget, wait, samples):
+def settings_of(methods, budgets, waits, steps, budget, wait, samples):
     """Every setting of the chosen methods, in the table's order. budgets/waits/steps: the swept values;
     budget/wait: the single setting majority voting samples at."""
     numeric = [b for b in budgets if isinstance(b, int)]

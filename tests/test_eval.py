@@ -158,15 +158,15 @@ def test_sample_seeds_are_stable_and_distinct():
     assert methods.sample_seed(1, "aime24", "1", "rs", 0) != methods.sample_seed(0, "aime24", "1", "rs", 0)
 
 
-def test_sweep_settings():
-    settings = ev.sweep_settings(ev.parse_args(["--budgets", "512, 1024,auto", "--waits", "0,2"]))
+def test_sweep():
+    settings = methods.sweep(ev.parse_args(["--budgets", "512, 1024,auto", "--waits", "0,2"]))
     assert [(s["budget"], s["wait"]) for s in settings] == [(512, 0), (512, 2), (1024, 0), (1024, 2), ("auto", 0),
                                                             ("auto", 2)]
     assert [s["key"] for s in settings][:2] == ["budget=512,wait=0", "budget=512,wait=2"]
-    one = ev.sweep_settings(ev.parse_args(["--max-thinking-tokens", "64", "--wait", "1"]))
+    one = methods.sweep(ev.parse_args(["--max-thinking-tokens", "64", "--wait", "1"]))
     assert [(s["key"], s["bound"]) for s in one] == [("budget=64,wait=1", 64)]
-    every = ev.sweep_settings(ev.parse_args(["--methods", "tcc,tcc+bf,scc+bf,ccc,rs,majority", "--budgets", "64,128",
-                                             "--steps", "4", "--samples", "8"]))
+    every = methods.sweep(ev.parse_args(["--methods", "tcc,tcc+bf,scc+bf,ccc,rs,majority", "--budgets", "64,128",
+                                         "--steps", "4", "--samples", "8"]))
     by_key = {s["key"]: s for s in every}
     assert list(by_key) == ["tcc:tokens=64", "tcc:tokens=128", "tcc+bf:tokens=64", "tcc+bf:tokens=128",
                             "scc+bf:steps=4", "ccc:short", "ccc:long", "rs:tokens=64", "rs:tokens=128",
