@@ -112,7 +112,7 @@ def extract(response):
     if len(found) > 1:
         return ", ".join(found), f"{len(found)} boxed answers, read as one"
     if found:
-        return (found[0] or None), "the last \\boxed{}"
+        return (found[0], "the last \\boxed{}") if found[0] else (None, "the last \\boxed{} is empty")
     line = after_answer_mark(section)
     if line is not None:
         return line, 'the "Answer:" line'
@@ -154,7 +154,6 @@ def _timeout():
     return 30 if threading.current_thread() is threading.main_thread() else None
 
 
-@lru_cache(maxsize=16384)
 def mv_parse(text, wrap=True):
     """math-verify's parse: [sympy value, the string it read], or [] when it finds nothing. wrap: read the
     whole text as one LaTeX expression ("3, 5, 7" a set, "(3,4]" an interval) unless it has math delimiters."""
@@ -234,7 +233,7 @@ def check(response: str, gold: str, grader: str) -> dict:
     return dict(extracted=answer, correct=same, why=f"{how}; {rule}: {'equal to' if same else 'not'} the gold answer")
 
 
-@lru_cache(maxsize=65536)
+@lru_cache(maxsize=65536)  # majority voting asks about the same pairs again each time results.json is written
 def equivalent(a: str, b: str, grader: str) -> bool:
     """Are two extracted answers the same answer? Majority voting counts votes by these classes."""
     if grader == "choice" or a == b:

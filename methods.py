@@ -395,13 +395,14 @@ def point_notes(p):
 
 def print_table(results):
     w = max(12, *map(len, results))
-    print(f"{'task':<{w}} {'setting':<28} {'acc%':>6} {'n':>5} {'think mean':>10} {'median':>7} {'hit cap':>7} "
+    k = max([22] + [len(key) for per_method in results.values() for r in per_method.values() for key in r["settings"]])
+    print(f"{'task':<{w}} {'setting':<{k}} {'acc%':>6} {'n':>5} {'think mean':>10} {'median':>7} {'hit cap':>7} "
           f"{'no ans':>6}")
     for name, per_method in results.items():
         for method, r in per_method.items():
             for key, p in r["settings"].items():
                 if p["n"]:
-                    print(f"{name:<{w}} {key:<28} {p['accuracy']:6.1f} {p['n']:5d} "
+                    print(f"{name:<{w}} {key:<{k}} {p['accuracy']:6.1f} {p['n']:5d} "
                           f"{fmt(p['thinking_tokens_mean']):>10} {fmt(p.get('thinking_tokens_median'), '.0f'):>7} "
                           f"{p.get('hit_budget', 0):7d} {p['no_answer']:6d}  {point_notes(p)}")
             print(f"{name:<{w}} {NAMES[method]}: Control {fmt(r['control'])}%  Scaling {fmt(r['scaling'], '+.1f')} "
