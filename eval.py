@@ -380,10 +380,10 @@ def generate_all(args, tasks, settings, done, samples_path, save, rank=0, world=
             requests = [methods.request(j, lambda q: sample.build_prompt(tokenizer, q), args) for j in jobs]
             bar = tqdm(total=len(jobs), desc=f"round {n_round}", unit="sample", dynamic_ncols=True,
                        disable=rank != 0)  # under torchrun: process 0's share
-            t0, new_tokens, right, saved = time.time(), 0, 0, time.time()
+            t0, finished, right, new_tokens, saved = time.time(), 0, 0, 0, time.time()
 
             def on_finish(i, gen):
-                nonlocal new_tokens, right, saved
+                nonlocal finished, right, new_tokens, saved
                 job = jobs[i]
                 line = methods.finish(job, requests[i], gen, tokenizer)
                 line.update(gold=job["row"]["gold"], **grade.check(line["response"], job["row"]["gold"],
@@ -392,9 +392,9 @@ def generate_all(args, tasks, settings, done, samples_path, save, rank=0, world=
                 out.write(json.dumps(line, ensure_ascii=False) + "\n")
                 out.flush()
                 os.fsync(out.fileno())  # on the disk before the next one: a crash loses at most what is decoding
-                new_tokens, right = new_tokens + len(gen.token_ids), right + line["correct"]
+                finished, right, new_tokens = finished + 1, right + line["correct"], new_tokens + len(gen.token_ids)
                 bar.update(1)
-                bar.set_postfix(acc=f"{100.0 * right / bar.n:.1f}%", tok_s=f"{new_tokens / (time.time() - t0):.0f}")
+                bar.set_postfix(acc=f"{100.0 * right / finished:.1f}%", tok_s=f"{new_tokens / (time.time() - t0):.0f}")
                 if time.time() - saved > 60:  # results.json follows a long round once a minute
                     save(complete=False)
                     saved = time.time()
