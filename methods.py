@@ -305,7 +305,8 @@ def rejection_point(s, rows, done, name, max_tries):
     p = stats(kept)
     within = [x for x in kept if x["accepted"]]  # the thinking of capped problems ran past the budget by design
     p.update(tries_mean=statistics.fmean(tries) if tries else None, capped=capped,
-             thinking_tokens_mean=statistics.fmean(x["thinking_tokens"] for x in within) if within else None)
+             thinking_tokens_mean=statistics.fmean(x["thinking_tokens"] for x in within) if within else None,
+             thinking_tokens_median=statistics.median(x["thinking_tokens"] for x in within) if within else None)
     return p
 
 
@@ -440,7 +441,7 @@ def figure(results):
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        from matplotlib.ticker import NullFormatter, ScalarFormatter
+        from matplotlib.ticker import FuncFormatter, NullFormatter
     except ImportError:
         return None
     cols = min(2, len(results))  # two panels a row: four tasks read as a square, not a strip
@@ -460,7 +461,7 @@ def figure(results):
                 ax.plot([x for x, _ in free], [y for _, y in free], "o", ms=13, mfc="none", mec=color, mew=1.5)
         if xs and min(xs) > 0:
             ax.set_xscale("log", base=2)
-            ax.xaxis.set_major_formatter(ScalarFormatter())  # 16, 32, 64 rather than 2^4, 2^5, 2^6
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))  # 16, 32, 64 rather than 2^4, 2^5
             ax.xaxis.set_minor_formatter(NullFormatter())
         ax.plot([], [], "o", ms=13, mfc="none", mec="gray", mew=1.5, label="no thinking budget")
         ax.set(title=name, xlabel="average thinking tokens per problem", ylabel="accuracy (%)")
