@@ -34,7 +34,7 @@ import torch
 
 import sample
 from data import DataError, load_rows
-from eval import check_answer, last_boxed  # the grader: this is its one import site
+from grade import boxes, check  # the grader eval.py uses: this is its one import site
 from model import CheckpointError, atomic_write
 
 # -----------------------------------------------------------------------------
@@ -91,9 +91,10 @@ def reference(row: dict) -> tuple[str, str] | None:
     letter = re.fullmatch(r"\(?([A-D])\)?\.?", text)
     if letter:
         return letter.group(1), "choice"
-    boxed = last_boxed(text)
-    if boxed and boxed.strip():
-        return boxed.strip(), "math"
+    found = boxes(text)
+    boxed = found[-1][2].strip() if found else ""  # the last box of the reference solution
+    if boxed:
+        return boxed, "math"
     words = re.sub(r"\\[A-Za-z]+", "", text)  # LaTeX commands are not words
     if text and "\n" not in text and len(text) <= 64 and not re.search(r"[A-Za-z]{3,}", words):
         return text.rstrip(".").strip("$ "), "math"
@@ -103,9 +104,10 @@ def reference(row: dict) -> tuple[str, str] | None:
 def grade(text: str, ref) -> dict:
     """One attempt's grade: what was extracted and whether it is right (correct None: no symbolic grade)."""
     if ref is None:
-        return dict(extracted=None, correct=None)
-    extracted, correct = check_answer(text, ref[0], ref[1]) if text else (None, False)
-    return dict(extracted=extracted, correct=bool(correct))
+        return dict(extracted=None, correct=None, why="the reference is free text: no symbolic grade")
+    if not text:
+        return dict(extracted=None, correct=False, why="no attempt")
+    return check(text, ref[0], ref[1])  # extracted, correct, and why
 
 
 # -----------------------------------------------------------------------------

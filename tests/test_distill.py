@@ -91,7 +91,7 @@ def test_references_and_grading_on_real_data(real):
         assert reference(dict(solution=text)) is None and grade("\\boxed{1}", None)["correct"] is None
     assert "\\boxed{" in real["s1k"][0]["solution"] and "Prove" in real["s1k"][0]["question"]
     assert reference(real["s1k"][0]) is None  # a proof, though its solution boxes the claim
-    assert grade("", ("3", "integer")) == dict(extracted=None, correct=False)
+    assert grade("", ("3", "integer")) == dict(extracted=None, correct=False, why="no attempt")
 
 
 def test_cache_keeps_finished_lines_and_refuses_other_settings(tmp_path):
