@@ -178,7 +178,7 @@ def test_the_whole_recipe_end_to_end(tiny_dir, tmp_path):
 
     run([sys.executable, "eval.py", "--model", str(out), "--tasks", "tiny", "--data-dir", str(tiny_dir.parent),
          "--budgets", "4,none", "--waits", "0,1", "--batch-size", "16", "--out", str(ev)])
-    results = json.load(open(ev / "results.json"))["tasks"]["tiny"]
+    results = json.load(open(ev / "results.json"))["tasks"]["tiny"]["bf"]
     samples = [json.loads(line) for line in open(ev / "samples.jsonl")]
     assert len(samples) == 16 * 4 and results["control"] == 100.0
     capped = results["settings"]["budget=4,wait=1"]
