@@ -146,7 +146,7 @@ def decode_step(model, idx, write, pos, lists, page_size: int, queries: int):
 # A sequence
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: `seq in self.running` must not compare token lists
 class Sequence:
     id: object  # the caller's handle
     tokens: list  # the prompt, then every token it has taken
@@ -180,8 +180,9 @@ def weight_bytes_per_token(model) -> int:
 
 
 def free_memory(device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cuda":  # free on the device, and what torch keeps but no tensor uses (an earlier pool)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return torch.cuda.mem_get_info(device)[0] + cached
     try:
         with open("/proc/meminfo") as f:
             return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable"))
@@ -240,8 +241,9 @@ class Engine:
         self.compiled = None
         if compile:
             self.buckets = [2**i for i in range(batch_size.bit_length()) if 2**i < batch_size] + [batch_size]
-            # One graph per batch bucket: let torch keep them all rather than fall back to eager.
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, len(self.buckets))
+            # One graph per batch bucket for this engine's shapes (pool, page tables): room for them all
+            # (past the limit a fullgraph compile fails rather than run FlexAttention eagerly).
+            torch._dynamo.config.recompile_limit += len(self.buckets)
             # CUDA graphs replay the whole step, which removes the per-kernel launch cost that dominates
             # small batches on a GPU.
             self.compiled = torch.compile(decode_step, mode="reduce-overhead", fullgraph=True, dynamic=False)
@@ -341,7 +343,7 @@ class Engine:
         self.steps += 1
         self.prefill_tokens += sum(n for _, n in batch if n > 1)
         if len(ready) < len(batch):
-            logits = logits.index_select(0, torch.tensor(ready, device=logits.device))
+            logits = logits.index_select(0, torch.tensor(ready, dtype=torch.long, device=logits.device))
         return [batch[i][0].id for i in ready], logits
 
     def forward(self, batch) -> torch.Tensor:
@@ -370,11 +372,11 @@ class Engine:
         write = torch.where(real, table.gather(1, pos // P) * P + pos % P, 0)  # (B, T) pool slots
         if compiled:
             lists = page_lists(table, pos[:, -1] + 1, P, self.kv.size(3) // P)
-            cfg = self.model.config
-            logits = self.compiled(self.model, idx, write, pos, lists, P, cfg.num_attention_heads // cfg.num_key_value_heads)
+            group = self.model.config.num_attention_heads // self.model.config.num_key_value_heads
+            logits = self.compiled(self.model, idx, write, pos, lists, P, group)
             return logits[:len(batch)]
         S = max(seq.cached + n for seq, n in batch)  # the longest row once this step's tokens are in
         j = torch.arange(S, device=dev)
-        read = table[:, j // P] * P + j % P  # (B, S) pool slot of each row's j-th token (or of a page not in use)
+        read = table.index_select(1, j // P) * P + j % P  # (B, S) pool slot of each row's j-th token (or unused)
         mask = j <= pos[:, :, None]  # (B, T, S): causal, and nothing beyond the row's own tokens
         return self.model(idx, input_pos=(write, read), position_ids=pos, mask=mask[:, None], last_only=True)[:, -1]

@@ -366,19 +366,18 @@ class Sampler:
         """One forward pass: the next token of every running request (none while prompts are prefilled)."""
         self.start()
         ids, logits = self.engine.step()
+        if not ids:
+            return []
         reqs = [self.requests[rid] for rid in ids]
         for i, r in enumerate(reqs):  # just after a Wait, this sample may not end thinking (vLLM's min_tokens=1)
             if r.row.must_think and r.row.phase == "thinking":
                 logits[i, list(r.forcing.think_end)] = float("-inf")
-        if reqs:
-            sampled = sample(logits, vocab_limit=self.vocab_limit)  # greedy rows, all in one go
-            for i, r in enumerate(reqs):
-                if r.temperature > 0:  # one row at a time, each with its own generator
-                    sampled[i] = sample(logits[i:i + 1], r.temperature, r.top_k, r.top_p, self.vocab_limit,
-                                        r.generator)[0]
-            sampled = sampled.tolist()  # one sync a step
+        sampled = sample(logits, vocab_limit=self.vocab_limit)  # greedy rows, all in one go
+        for i, r in enumerate(reqs):
+            if r.temperature > 0:  # one row at a time, each with its own generator
+                sampled[i] = sample(logits[i:i + 1], r.temperature, r.top_k, r.top_p, self.vocab_limit, r.generator)[0]
         events = []
-        for rid, r, s in zip(ids, reqs, sampled if reqs else []):
+        for rid, r, s in zip(ids, reqs, sampled.tolist()):  # one sync a step
             token, forced, phase = next_token(r.row, s, r.forcing)
             events.append(Event(rid, token, forced, phase))
             if r.row.phase == "done":

@@ -465,7 +465,7 @@ def test_cli_jsonl_rows_carry_their_own_settings(capsys, cli_model, tmp_path):
 
 @pytest.mark.parametrize("lines, fragment", [
     ('{"question": "q", "wait": "two"}', "line 1: field 'wait': wait must be 0 or more"),
-    ('{"question": "q"}\n{"question": "r", "max_new_tokens": 0}', "line 2: field 'max_new_tokens': max_new_tokens must"),
+    ('{"question": "q"}\n{"question": "r", "max_new_tokens": 0}', "line 2: field 'max_new_tokens': max_new_tokens"),
     ('{"question": "q", "max_thinking_tokens": "lots"}', "line 1: field 'max_thinking_tokens': max thinking tokens"),
 ])
 def test_cli_bad_jsonl_fields(capsys, monkeypatch, tmp_path, lines, fragment):
