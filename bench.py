@@ -1,7 +1,9 @@
 """
 Benchmarks against the references, side by side in one run, on random weights of the real shapes (no
 downloads): (1) decoding with sample.py's engine against transformers' generate, and the share of the
-memory-bandwidth roofline it reaches (bandwidth measured in the same run); (2) a training step of
+memory-bandwidth roofline it reaches (bandwidth measured in the same run), at a fixed batch and on an
+evaluation-like workload (many prompts of skewed lengths: continuous batching against static batches,
+and the KV cache held at peak); (2) a training step of
 model.py (fused head + loss) + AdamW against transformers' Qwen2ForCausalLM with the same optimizer;
 (3) the memory of the loss at a long sequence, fused in chunks against full logits. Every ratio compares
 numbers measured here, now; results go to BENCHMARKS.md by hand.
@@ -12,8 +14,8 @@ numbers measured here, now; results go to BENCHMARKS.md by hand.
     python bench.py --gpu --json bench-gpu.json        # one GPU (H200: a few minutes): compiled decode vs the
                                                        # HBM roofline, training MFU of a 1.5B shape at T=16384
                                                        # with activation checkpointing in bf16, bf16 vs fp32 logits
-    python bench.py --skip '' --decode-shape smoke --train-shape smoke --train-seq 64 --loss-seq 256 --compile
-                                                       # every part in a minute on a tiny shape (tests/test_bench.py)
+    python bench.py --skip '' --decode-shape smoke --workload-shape smoke --workload 16,4 --train-shape smoke \
+        --train-seq 64 --loss-seq 256 --compile         # every part in a minute on a tiny shape (tests/test_bench.py)
 
 Training and loss runs each take a fresh process, so each peak memory is its own: peak RSS on CPU,
 torch.cuda.max_memory_allocated on GPU. On CPU the training runs alternate and the faster of two counts.
@@ -38,7 +40,8 @@ import torch
 import torch.nn.functional as F
 
 from model import Qwen2, Qwen2Config, linear_cross_entropy, num_params
-from sample import Row, decode, weight_bytes_per_token
+from engine import Engine, kv_bytes_per_token, weight_bytes_per_token
+from sample import sample
 from train import PEAK_BF16_FLOPS, training_flops
 
 # -----------------------------------------------------------------------------
@@ -52,13 +55,17 @@ SHAPES = {  # hidden, layers, heads, kv heads, head_dim, mlp
     "cpu-small": (512, 4, 8, 2, 64, 2048),  # a training step of a few seconds on 2 CPU cores, real vocab
     "smoke": (64, 2, 4, 2, 16, 128),  # seconds for every part: the test that the script runs end to end
 }
-CPU = dict(decode_shape="0.5B", decode_batch="1", train_shape="cpu-small", train_seq="1024,4096",
+CPU = dict(decode_shape="0.5B", decode_batch="1", workload_shape="cpu-small", workload="64,16",
+           train_shape="cpu-small", train_seq="1024,4096",
            checkpointing="off", loss_seq="4096,32768", skip="parity")
-GPU = dict(decode_shape="1.5B", decode_batch="1,16", train_shape="1.5B", train_seq="16384",
+GPU = dict(decode_shape="1.5B", decode_batch="1,16", workload_shape="0.5B,1.5B", workload="256,64",
+           train_shape="1.5B", train_seq="16384",
            checkpointing="on", loss_seq="32768", skip="")
 PARTS = {"decode", "train", "loss", "parity"}
 BANDWIDTH_PASSES = 8  # reads of the bandwidth matrix per timed round: sustained, as decoding reads
 PROMPT_LEN = 16
+SHORT_GEN = (16, 32)  # tokens most rows of the workload generate; an eighth generate 8-16 times as many
+STATIC = "static cache (before)"  # the engine engine.py replaced, in the workload table
 MATMULS = "matmuls alone"  # the decode row of run_matmuls: the weights' matrix products and nothing else
 PARITY_SEQ = 512  # tokens per row of the bf16 parity check (2 rows)
 WARM_STEPS = 8  # decode steps before the clock starts (allocation, compilation, CUDA graph capture)
@@ -178,12 +185,36 @@ def decode_steps_per_s(times) -> float:
     return (len(times) - 1 - WARM_STEPS) / (times[-1] - times[WARM_STEPS])
 
 
+def engine_run(model, prompts, lengths, batch, compile=False, on_step=None, max_len=None):
+    """Greedy decoding through engine.py as sample.py drives it: every prompt queued at once, row i
+    finished after lengths[i] tokens. on_step() after each step's tokens are out. Returns the engine,
+    and the seconds spent in steps that prefilled (all that sharing a common prompt prefix could save)."""
+    max_len = max_len or max(map(len, prompts)) + max(lengths)
+    engine = Engine(model, batch_size=batch, max_len=max_len, compile=compile)
+    for i, p in enumerate(prompts):
+        engine.add(i, p)
+    made, prefill_s = [0] * len(prompts), 0.0
+    while len(engine):
+        t0, prefilled = time.perf_counter(), engine.prefill_tokens
+        ids, logits = engine.step()
+        for i, token in zip(ids, sample(logits).tolist()):  # one sync a step, as in sample.py
+            made[i] += 1
+            if made[i] == lengths[i]:
+                engine.finish(i)
+            else:
+                engine.append(i, token)
+        if engine.prefill_tokens > prefilled:
+            prefill_s += time.perf_counter() - t0
+        if on_step is not None:
+            on_step()
+    engine.close()
+    return engine, prefill_s
+
+
 def run_ours(model, prompts, compile):
-    n = WARM_STEPS + TIMED_STEPS + 1
-    rows, times = [Row(max_new=n) for _ in prompts], []
-    for row, *_ in decode(model, prompts, rows, compile=compile):
-        if row == 0:  # one event per row per step; rows are yielded in order after the step's sync
-            times.append(time.perf_counter())
+    times = []
+    engine_run(model, prompts, [WARM_STEPS + TIMED_STEPS + 1] * len(prompts), len(prompts), compile,
+               on_step=lambda: times.append(time.perf_counter()))
     return decode_steps_per_s(times)
 
 
@@ -255,6 +286,108 @@ def bench_decode(args, device, dtype, bandwidth) -> tuple[list[dict], dict, floa
 def our_model_meta(cfg):
     with torch.device("meta"):
         return Qwen2(cfg)
+
+
+# -----------------------------------------------------------------------------
+# (1b) An evaluation-like workload: many prompts whose generations differ 8-16x in length, as in a
+# budget sweep. engine.py (continuous batching over pages) against the static engine it replaced and
+# against transformers' generate in static batches: useful tokens/s, and the KV cache each holds at peak.
+
+
+def static_run(model, prompts, lengths):
+    """
+    The engine before engine.py (sample.py at commit 47cf3a2), in brief: one preallocated cache of
+    batch x (longest prompt + longest generation), prompts left-padded, rows leaving as they finish
+    and none joining. Greedy. Returns the decode steps and the cache slots it held.
+    """
+    device = next(model.parameters()).device
+    B, P, n = len(prompts), max(map(len, prompts)), max(lengths)
+    model.setup_cache(B, P + n)
+    pad = torch.tensor([P - len(p) for p in prompts], device=device)  # (B,)
+    slots = torch.arange(P + n, device=device)
+    live = (slots[None] >= pad[:, None]) & (slots < P)  # (B, S) the slots each row may attend to
+    mask = (slots[:P, None] >= slots[None, :P]) & live[:, None, :P] | torch.eye(P, dtype=torch.bool, device=device)
+    idx = torch.tensor([[0] * (P - len(p)) + p for p in prompts], device=device)
+    logits = model(idx, input_pos=slots[:P], position_ids=(slots[None, :P] - pad[:, None]).clamp(min=0),
+                   mask=mask[:, None], last_only=True)[:, -1]
+    rows, steps = torch.tensor(lengths, device=device), 0
+    for t in range(P, P + n):
+        tokens = sample(logits)
+        keep = (rows > t - P + 1).nonzero()[:, 0]  # rows with tokens still to make
+        if len(keep) == 0:
+            break
+        if len(keep) < len(rows):  # finished rows leave the batch and its cache
+            for layer in model.model.layers:
+                cache = layer.self_attn.kv_cache
+                cache.k, cache.v = cache.k[keep], cache.v[keep]
+            live, pad, rows, tokens = live[keep], pad[keep], rows[keep], tokens[keep]
+        live[:, t] = True
+        logits = model(tokens[:, None], input_pos=slots[t:t + 1], position_ids=(t - pad)[:, None],
+                       mask=live[:, None, None, :t + 1])[:, -1]
+        steps += 1
+    model.clear_cache()
+    return steps + 1, B * (P + n)
+
+
+def workload(n, gen) -> tuple[list, list]:
+    """n prompts of PROMPT_LEN to 2 x PROMPT_LEN random tokens; SHORT_GEN tokens to generate, and for an
+    eighth of them (anywhere in the queue) 8-16 times as many."""
+    prompts = [torch.randint(0, 150000, (int(torch.randint(PROMPT_LEN, 2 * PROMPT_LEN + 1, (), generator=gen)),),
+                             generator=gen).tolist() for _ in range(n)]
+    lengths = torch.randint(SHORT_GEN[0], SHORT_GEN[1] + 1, (n,), generator=gen)
+    long = torch.randperm(n, generator=gen)[: n // 8]
+    lengths[long] *= torch.randint(8, 17, (len(long),), generator=gen)
+    return prompts, lengths.tolist()
+
+
+@torch.no_grad()
+def bench_workload(args, device, dtype, bandwidth) -> list[dict]:
+    n, batch = (int(x) for x in args.workload.split(","))
+    prompts, lengths = workload(n, torch.Generator().manual_seed(0))
+    useful = sum(lengths)
+    results = []
+    for shape in args.workload_shape.split(","):
+        model = our_model(config(shape), device, dtype).eval()
+        hf = reference_model(config(shape), device, dtype).eval()
+        hf.load_state_dict(model.state_dict())
+        per_token = kv_bytes_per_token(model)
+        if args.compile:  # compile every batch bucket before the clock starts: rows finishing one by one
+            engine_run(model, prompts[:batch], list(range(1, batch + 1)), batch, compile=True,
+                       max_len=max(map(len, prompts)) + max(lengths))  # the same page tables as the timed run
+        rows = {}
+        for name in ["engine.py"] + ["engine.py --compile"] * args.compile + [STATIC, "transformers generate"]:
+            sync(device)
+            t0, steps, kv_slots, prefill_s = time.perf_counter(), 0, 0, None
+            if name.startswith("engine.py"):
+                engine, prefill_s = engine_run(model, prompts, lengths, batch, name.endswith("--compile"))
+                steps, kv_slots = engine.steps, engine.peak_pages * engine.page_size
+            for i in range(0, n, batch) if not name.startswith("engine.py") else []:  # static batches
+                p, g = prompts[i:i + batch], lengths[i:i + batch]
+                if name == STATIC:
+                    s, slots = static_run(model, p, g)
+                else:  # transformers generates the longest row's length for every row of the batch
+                    P = max(map(len, p))
+                    hf.generate(torch.tensor([[0] * (P - len(x)) + x for x in p], device=device),
+                                attention_mask=torch.tensor([[0] * (P - len(x)) + [1] * len(x) for x in p],
+                                                            device=device),
+                                max_new_tokens=max(g), min_new_tokens=max(g), do_sample=False, pad_token_id=0)
+                    s, slots = max(g), len(p) * (P + max(g))
+                steps, kv_slots = steps + s, max(kv_slots, slots)
+            sync(device)
+            dt = time.perf_counter() - t0
+            roofline = bandwidth / weight_bytes_per_token(model) * useful / steps  # tokens/s, reading weights only
+            rows[name] = dict(shape=shape, engine=name, tokens_per_s=useful / dt, steps=steps, batch=useful / steps,
+                              roofline_share=useful / dt / roofline, kv_peak_gb=kv_slots * per_token / 1e9,
+                              prefill_share=prefill_s and prefill_s / dt)
+            print(f"  workload {shape} {name:24s} {useful / dt:9.1f} tok/s, {steps} steps, "
+                  f"KV peak {kv_slots * per_token / 1e9:.3f} GB", flush=True)
+        for r in rows.values():
+            r.update(vs_transformers=r["tokens_per_s"] / rows["transformers generate"]["tokens_per_s"],
+                     vs_static=r["tokens_per_s"] / rows[STATIC]["tokens_per_s"],
+                     kv_vs_static=r["kv_peak_gb"] / rows[STATIC]["kv_peak_gb"])
+        results += rows.values()
+        del model, hf
+    return results
 
 
 # -----------------------------------------------------------------------------
@@ -449,6 +582,20 @@ def markdown(res) -> str:
                   "| batch | engine | tokens/s | roofline share | vs transformers |", "|---|---|---|---|---|"]
         lines += [f"| {r['batch']} | {r['engine']} | {r['tokens_per_s']:.1f} | {r['roofline_share']:.0%} | "
                   f"{r['vs_transformers']:.2f}x |" for r in res["decode"]]
+    if res.get("workload"):
+        n, batch = res["args"]["workload"].split(",")
+        lines += [f"\nAn evaluation-like workload, {res['dtype']}: {n} prompts of {PROMPT_LEN}-{2 * PROMPT_LEN} "
+                  f"tokens, most generating {SHORT_GEN[0]}-{SHORT_GEN[1]} tokens and an eighth 8-16x as many, at most "
+                  f"{batch} decoded together (transformers and the static cache: in static batches of that size). "
+                  "Tokens/s counts the tokens asked for; the roofline is weight reads alone at the mean batch of the "
+                  "steps\n",
+                  "| shape | engine | tokens/s | vs transformers | vs static | mean batch | roofline share | "
+                  "KV peak GB | KV vs static | prefill share |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in res["workload"]:
+            prefill = "" if r["prefill_share"] is None else f"{r['prefill_share']:.1%}"
+            lines.append(f"| {r['shape']} | {r['engine']} | {r['tokens_per_s']:.1f} | {r['vs_transformers']:.2f}x | "
+                         f"{r['vs_static']:.2f}x | {r['batch']:.1f} | {r['roofline_share']:.0%} | "
+                         f"{r['kv_peak_gb']:.3f} | {r['kv_vs_static']:.2f}x | {prefill} |")
     if "train" in res:
         cfg = config(res["args"]["train_shape"])
         lines += [f"\nTraining step, {res['args']['train_shape']} shape ({num_params(our_model_meta(cfg)) / 1e6:.0f}M "
@@ -486,6 +633,10 @@ def main():
     p.add_argument("--gpu", action="store_true", help="the GPU check: bf16, compiled decode, MFU, bf16 parity")
     p.add_argument("--decode-shape", choices=list(SHAPES))
     p.add_argument("--decode-batch", help="comma-separated batch sizes (CPU default 1; GPU 1,16)")
+    p.add_argument("--workload", help="prompts,max batch of the evaluation-like decode workload (CPU default "
+                   "64,16; GPU 256,64; 0 skips it)")
+    p.add_argument("--workload-shape", help=f"the workload's model shapes, comma-separated, of {', '.join(SHAPES)} "
+                   "(CPU default cpu-small; GPU 0.5B,1.5B)")
     p.add_argument("--compile", action="store_true", help="compile sample.py's decode step and model.py's blocks in "
                    "training, as sample.py and train.py --compile do (on with --gpu)")
     p.add_argument("--train-shape", choices=list(SHAPES))
@@ -522,6 +673,9 @@ def main():
         if getattr(args, k) is None:
             setattr(args, k, v)
     args.compile = args.compile or args.gpu
+    if set(args.workload_shape.split(",")) - set(SHAPES):
+        print(f"error: --workload-shape {args.workload_shape}: the shapes are {','.join(SHAPES)}", file=sys.stderr)
+        sys.exit(2)
     skip = set(args.skip.split(",")) - {""}
     if skip - PARTS:
         print(f"error: --skip {args.skip}: the parts are {','.join(sorted(PARTS))}", file=sys.stderr)
@@ -535,6 +689,8 @@ def main():
           f"({res['peak_flops_source']})", flush=True)
     if "decode" not in skip:
         res["decode"], res["decode_info"], res["bandwidth"] = bench_decode(args, device, dtype, res["bandwidth"])
+        if args.workload != "0":
+            res["workload"] = bench_workload(args, device, dtype, res["bandwidth"])
     if "train" not in skip:
         res["train"] = bench_train(args, device, dtype, res["peak_flops"])
     if "loss" not in skip:

@@ -138,8 +138,17 @@ def apply_rope(x, cos, sin):
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
+def attend(q, k, v, mask=None):
+    """q (B, nh, T, hd), k and v (B, n_kv, S, hd) -> (B, nh, T, hd). An explicit mask whenever there is one:
+    is_causal=True would align a chunk decoded against a cached prefix to the wrong corner. enable_gqa
+    lets n_head query heads share n_kv_head keys."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                          enable_gqa=q.size(1) != k.size(1))
+
+
 class KVCache(nn.Module):
-    """Preallocated keys and values for one layer, written at the positions being decoded."""
+    """Preallocated keys and values for one layer, written at the positions being decoded. (sample.py
+    decodes through engine.py's paged cache, which takes the same place in Attention.)"""
 
     def __init__(self, batch_size, max_seq_len, n_kv_heads, head_dim, dtype, device=None):
         super().__init__()
@@ -147,12 +156,14 @@ class KVCache(nn.Module):
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
-    def update(self, input_pos, k, v):
+    def forward(self, q, k, v, input_pos, mask):
         # input_pos: (T,) cache slots; k, v: (B, n_kv, T, hd). index_copy_ keeps the shapes static,
         # which is what lets a compiled decode step be captured as a CUDA graph.
         self.k.index_copy_(2, input_pos, k)
         self.v.index_copy_(2, input_pos, v)
-        return self.k, self.v
+        # Attend only as far as the mask reaches: the caller decides how much of the cache is live.
+        S = mask.size(-1)
+        return attend(q, self.k[:, :, :S], self.v[:, :, :S], mask)
 
 
 class Attention(nn.Module):
@@ -166,7 +177,7 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(config.hidden_size, self.n_kv_head * self.head_dim, bias=True)
         self.v_proj = nn.Linear(config.hidden_size, self.n_kv_head * self.head_dim, bias=True)
         self.o_proj = nn.Linear(self.n_head * self.head_dim, config.hidden_size, bias=False)
-        self.kv_cache: KVCache | None = None
+        self.kv_cache: nn.Module | None = None  # KVCache below, or engine.py's PagedAttention
 
     def forward(self, x, cos, sin, input_pos=None, mask=None):
         B, T, _ = x.shape
@@ -174,14 +185,10 @@ class Attention(nn.Module):
         k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, n_kv, T, hd)
         v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, n_kv, T, hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if self.kv_cache is not None:
-            k, v = self.kv_cache.update(input_pos, k, v)  # (B, n_kv, S, hd), S = cache length
-            # Attend only as far as the mask reaches: the caller decides how much of the cache is live.
-            k, v = k[:, :, : mask.size(-1)], v[:, :, : mask.size(-1)]
-        # An explicit mask whenever there is one: is_causal=True would align a chunk decoded against a
-        # cached prefix to the wrong corner. enable_gqa lets n_head query heads share n_kv_head keys.
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
-                                           enable_gqa=self.n_kv_head != self.n_head)
+        if self.kv_cache is None:
+            y = attend(q, k, v, mask)  # (B, nh, T, hd)
+        else:  # the cache stores k and v, then attends over all it holds
+            y = self.kv_cache(q, k, v, input_pos, mask)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -270,7 +277,8 @@ class Qwen2(nn.Module):
 
         With a KV cache (setup_cache): `input_pos` (T,) are the cache slots being written and
         `mask` (B or 1, 1, T, S) says which of the first S cache slots each query may see (True =
-        attend). Without a mask the usual causal mask over those slots is used.
+        attend). Without a mask the usual causal mask over those slots is used. engine.py's paged
+        cache takes its own `input_pos` and `mask` (see there); they are passed to it as they are.
         `position_ids` (B, T) or (T,) feed RoPE; they default to `input_pos` (or 0..T-1). A batch of
         left-padded prompts passes its own, counting from each row's first real token.
         """

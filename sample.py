@@ -1,18 +1,19 @@
 """
-Sample from a Qwen2 model with s1's budget forcing: a KV-cache decoder written by hand.
+Sample from a Qwen2 model with s1's budget forcing, many prompts at once through engine.py's paged KV cache.
 
 Read it top to bottom: the prompt, one pure sampling function, the budget-forcing state of one row,
-the batched decode loop (one prefill, then one token per step through a preallocated KV cache), the
-Python API that eval.py reuses, then the command line.
+then the Python API (a long-lived Sampler that requests join and leave, and generate(), the loop over
+it that eval.py uses), then the command line. engine.py below it holds the pages, the scheduler that
+admits and preempts sequences, and the batched forward pass; it is told which token each row takes.
 
 Budget forcing (../shared/S1_NOTES.md) happens *between* the model and its own output: thinking ends
 when the model emits <|im_start|> or <|im_end|>; `--wait N` drops that delimiter the first N times and
 feeds "Wait" instead; `--max-thinking-tokens` cuts thinking off by feeding "\\n<|im_start|>answer\\nFinal
 Answer:". Every forced token goes through the same decode step as a sampled one, one per step, from a
 per-row queue (nanochat's forced tool-output tokens), so the KV cache always holds exactly the text.
+Each row has its own settings (budget, Waits, temperature, seed), so one batch can run a whole sweep.
 
-What it leaves out: speculative decoding, paged attention, continuous batching (finished rows leave the
-batch, new prompts do not join it), and chunked prefill (s1's prompts are short).
+What it leaves out: speculative decoding, and stop strings other than the end-of-turn tokens.
 
     python sample.py --wait 2                                   # the tiny model of `python train.py --tiny`
     python sample.py --model Qwen/Qwen2.5-0.5B-Instruct --max-thinking-tokens 512 "What is 17*23?"
@@ -29,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from engine import CacheTooSmall, Engine, weight_bytes_per_token
 from model import CheckpointError, Qwen2, resolve_checkpoint
 
 # -----------------------------------------------------------------------------
@@ -44,8 +46,9 @@ ANSWER_RESERVE = 100  # "auto" thinking budget = what the context leaves after t
 TEMPERATURE = 0.0  # 0 = greedy
 TOP_K = None
 TOP_P = 1.0
-BATCH_SIZE = 16  # prompts decoded together by the command line
-CACHE_ROUND = 1024  # --compile: cache lengths rounded up to a multiple of this, so batches share a graph
+BATCH_SIZE = 16  # most rows decoded together; waiting prompts join as rows finish
+KV_CACHE_GB = None  # None: engine.py's share of the memory left after the weights
+PROMPT_SETTINGS = ("max_new_tokens", "max_thinking_tokens", "wait", "temperature", "top_k", "top_p", "seed")
 
 THINK = "<|im_start|>think"  # ends the prompt: the model writes its thinking after it
 ANSWER = "<|im_start|>answer"  # forced when thinking ends
@@ -191,85 +194,6 @@ def next_token(row: Row, sampled: int, f: Forcing) -> tuple[int, bool, str]:
 
 
 # -----------------------------------------------------------------------------
-# The decode loop
-
-
-def decode_step(model, idx, input_pos, position_ids, mask):
-    """One token per row against the cache: idx (B, 1) -> logits (B, V). The only compiled function."""
-    return model(idx, input_pos=input_pos, position_ids=position_ids, mask=mask)[:, -1]
-
-
-def keep_rows(model, keep):
-    """Shrink every layer's KV cache to the rows still generating: finished rows stop costing compute."""
-    for layer in model.model.layers:
-        cache = layer.self_attn.kv_cache
-        cache.k, cache.v = cache.k[keep], cache.v[keep]
-
-
-@torch.no_grad()
-def decode(model, prompts: list[list[int]], rows: list[Row], forcing: Forcing = Forcing(), *,
-           temperature=TEMPERATURE, top_k=TOP_K, top_p=TOP_P, vocab_limit=None, generator=None, compile=False):
-    """
-    Generate for a batch of token-id prompts; yields (row, token, forced, phase) for every token, in
-    step order. Prompts are left-padded to a common length P, so all rows write the same cache slot at
-    each step; each row's RoPE positions count from its own first real token (as transformers' generate
-    does with left padding) and an explicit (B, 1, T, S) mask keeps the padding out of attention.
-    """
-    device = next(model.parameters()).device
-    B, P = len(prompts), max(len(p) for p in prompts)
-    S = P + max(r.max_new for r in rows)  # cache slots: the longest prompt, then the longest generation
-    if compile:
-        S = -(-S // CACHE_ROUND) * CACHE_ROUND
-    model.setup_cache(B, S)
-    pad = torch.tensor([P - len(p) for p in prompts], device=device)  # (B,)
-    idx = torch.tensor([[0] * (P - len(p)) + p for p in prompts], device=device)  # (B, P)
-    slots = torch.arange(S, device=device)
-    live = (slots[None, :] >= pad[:, None]) & (slots < P)  # (B, S) slots a row may attend to: its prompt so far
-
-    # Prefill: the whole prompt at once. Padding queries see only themselves, so no softmax row is empty.
-    causal = slots[:P, None] >= slots[None, :P]  # (P, P)
-    mask = (causal & live[:, None, :P]) | torch.eye(P, dtype=torch.bool, device=device)  # (B, P, P)
-    position_ids = (slots[None, :P] - pad[:, None]).clamp(min=0)  # (B, P)
-    logits = model(idx, input_pos=slots[:P], position_ids=position_ids, mask=mask[:, None], last_only=True)[:, -1]
-
-    # CUDA graphs replay the whole step, which removes the per-kernel launch cost that dominates batch 1
-    # on a GPU. Each new batch size (rows leaving) or cache length compiles again; past torch's limit
-    # (torch._dynamo.config.cache_size_limit) it runs eagerly, which is slower but still right.
-    step = torch.compile(decode_step, mode="reduce-overhead", fullgraph=True) if compile else decode_step
-    alive = list(range(B))  # original row index of each batch row
-    try:
-        for t in range(P, S):
-            # Rows just after a Wait may not end thinking with this sample (vLLM's min_tokens=1).
-            banned = [(i, tok) for i, r in enumerate(alive) if rows[r].must_think and rows[r].phase == "thinking"
-                      for tok in forcing.think_end]
-            if banned:
-                i, tok = zip(*banned)
-                logits[list(i), list(tok)] = float("-inf")
-            sampled = sample(logits, temperature, top_k, top_p, vocab_limit, generator).tolist()  # one sync a step
-            fed = []
-            for i, r in enumerate(alive):
-                token, forced, phase = next_token(rows[r], sampled[i], forcing)
-                fed.append(token)
-                yield r, token, forced, phase
-            keep = [i for i, r in enumerate(alive) if rows[r].phase != "done"]
-            if not keep:
-                break
-            if len(keep) < len(alive):
-                keep_t = torch.tensor(keep, device=device)
-                keep_rows(model, keep_t)
-                live, pad = live[keep_t], pad[keep_t]
-                alive, fed = [alive[i] for i in keep], [fed[i] for i in keep]
-            live[:, t] = True
-            # Eager attention stops at the last written slot. A compiled step attends to the whole cache
-            # (masked beyond t), as gpt-fast does: static shapes, so one CUDA graph serves every step.
-            mask = live[:, None, None, :] if compile else live[:, None, None, : t + 1]  # (B, 1, 1, S or t+1)
-            idx = torch.tensor(fed, device=device)[:, None]  # (B, 1)
-            logits = step(model, idx, slots[t:t + 1], (t - pad)[:, None], mask)
-    finally:
-        model.clear_cache()
-
-
-# -----------------------------------------------------------------------------
 # The Python API (eval.py uses it; the command line below is a thin wrapper)
 
 
@@ -309,84 +233,232 @@ class Generation:
     finish_reason: str  # "stop" (<|im_end|> or eos) or "length"
 
 
-def check_settings(max_new_tokens, max_thinking_tokens, wait, wait_str, temperature, top_k, top_p):
-    if not (isinstance(max_new_tokens, int) and max_new_tokens >= 1):
+def check_settings(max_new_tokens, max_thinking_tokens, wait, wait_str, temperature, top_k, top_p, seed=None):
+    def is_int(x):  # JSON's true is a Python int too; it is no count
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    def is_number(x):
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+    if not (is_int(max_new_tokens) and max_new_tokens >= 1):
         raise InputError(f"max_new_tokens must be a positive integer, not {max_new_tokens!r}")
-    if not (max_thinking_tokens in (None, "auto") or isinstance(max_thinking_tokens, int) and max_thinking_tokens >= 1):
+    if not (max_thinking_tokens in (None, "auto") or is_int(max_thinking_tokens) and max_thinking_tokens >= 1):
         raise InputError(f"max thinking tokens must be a positive integer or 'auto', not {max_thinking_tokens!r}")
-    if not (isinstance(wait, int) and wait >= 0):
+    if not (is_int(wait) and wait >= 0):
         raise InputError(f"wait must be 0 or more (how many times to inject {wait_str!r}), not {wait!r}")
     if wait > 0 and not wait_str:
         raise InputError("the wait string is empty; give the text to inject, e.g. 'Wait'")
-    if not temperature >= 0:
+    if not (is_number(temperature) and temperature >= 0):
         raise InputError(f"temperature must be >= 0 (0 = greedy), not {temperature!r}")
-    if top_k is not None and not (isinstance(top_k, int) and top_k >= 1):
+    if top_k is not None and not (is_int(top_k) and top_k >= 1):
         raise InputError(f"top-k must be a positive integer, not {top_k!r}")
-    if not 0 < top_p <= 1:
+    if not (is_number(top_p) and 0 < top_p <= 1):
         raise InputError(f"top-p must be in (0, 1], not {top_p!r}")
+    if seed is not None and not is_int(seed):
+        raise InputError(f"seed must be an integer, not {seed!r}")
 
 
-def tokenize_prompts(model, tokenizer, prompts: list[str], raw=False) -> tuple[list[str], list[list[int]]]:
-    """The prompt texts and their token ids; an empty prompt or one that fills the context is refused."""
-    texts = [build_prompt(tokenizer, q, raw) for q in prompts]
-    ids = [tokenizer.encode(t, add_special_tokens=False) for t in texts]
-    context = model.config.max_position_embeddings
-    for i, (q, p) in enumerate(zip(prompts, ids)):
-        if not q.strip():
-            raise InputError(f"prompt {i + 1} is empty; give a question")
-        if len(p) >= context:
-            raise InputError(f"prompt {i + 1} is {len(p)} tokens but the model's context is {context}; shorten it")
-    return texts, ids
+@dataclass
+class Request:
+    """One prompt in a Sampler: its text, its budget-forcing state, and how its tokens are sampled."""
+    text: str  # the prompt as the model sees it
+    ids: list  # its token ids
+    row: Row
+    forcing: Forcing
+    temperature: float
+    top_k: int | None
+    top_p: float
+    generator: torch.Generator | None  # its own: its samples do not depend on what else is in the batch
 
 
-def generate(model, tokenizer, prompts: list[str], *, max_new_tokens=MAX_NEW_TOKENS,
-             max_thinking_tokens=MAX_THINKING_TOKENS, wait=WAIT, wait_str=WAIT_STR, temperature=TEMPERATURE,
-             top_k=TOP_K, top_p=TOP_P, seed=None, raw=False, compile=False, on_token=None) -> list[Generation]:
+@dataclass
+class Event:
+    """What one step did for one request."""
+    id: int  # the request, as submit() returned it
+    token: int  # the token it took
+    forced: bool  # fed by budget forcing rather than sampled
+    phase: str  # "thinking" or "answer": where the token belongs
+    generation: Generation | None = None  # with the request's last token: the finished generation
+
+
+class Sampler:
     """
-    Answer a batch of questions with budget forcing, all rows in one decode loop. `prompts` are the
-    questions (raw=True: the exact text to continue; budget forcing applies if it ends inside a think
-    block). max_thinking_tokens: None, an int, or "auto" (the context left after ANSWER_RESERVE answer
-    tokens). on_token(row, token_id, forced, phase) is called for every token as it is decided.
-    """
-    check_settings(max_new_tokens, max_thinking_tokens, wait, wait_str, temperature, top_k, top_p)
-    texts, ids = tokenize_prompts(model, tokenizer, prompts, raw)
-    rows = []
-    for i, p in enumerate(ids):
-        max_new = min(max_new_tokens, model.config.max_position_embeddings - len(p))
-        budget = max(1, max_new - ANSWER_RESERVE) if max_thinking_tokens == "auto" else max_thinking_tokens
-        rows.append(Row(max_new=max_new, budget=budget, phase="thinking" if starts_in_thinking(texts[i]) else "answer"))
+    A long-lived batch with budget forcing, on engine.py: requests join and leave between steps.
 
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    if any(r.phase == "thinking" for r in rows):
-        forcing = make_forcing(tokenizer, wait, wait_str)
-    else:  # plain text: no thinking to force, stop at the end of a turn or of the text
+        sampler = Sampler(model, tokenizer, batch_size=64, max_len=model.config.max_position_embeddings)
+        rid = sampler.submit("What is 2+2?", max_thinking_tokens=512, wait=1, temperature=0.7, seed=1)
+        while sampler.busy:
+            for event in sampler.step():  # one forward pass: the next token of every running request
+                ...  # event.id, .token, .forced, .phase; .generation once the request is finished
+        sampler.cancel(rid)  # at any time: its row and pages are freed at once, and no more events come
+        sampler.close()      # frees the KV cache (or: `with Sampler(...) as sampler:`)
+
+    It starts no threads and takes no locks: drive it from one thread (a server's loop calls submit,
+    cancel and step in turn). submit() takes generate()'s settings, per request, and raises InputError
+    for a bad prompt or setting, queueing nothing. max_len: the longest prompt + generation it must
+    hold; None sizes it at the first step() for the requests submitted by then (as generate() does); a
+    server passes the model's context, so that any request fits. engine_args go to engine.Engine.
+    """
+
+    def __init__(self, model, tokenizer, *, batch_size=BATCH_SIZE, kv_cache_gb=KV_CACHE_GB, max_len=None,
+                 compile=False, **engine_args):
+        self.model, self.tokenizer, self.max_len = model, tokenizer, max_len
+        self.engine_args = dict(engine_args, batch_size=batch_size, kv_cache_gb=kv_cache_gb, compile=compile)
+        self.engine, self.requests, self.next_id = None, {}, 0  # the engine is made by start()
+        self.forcings = {}  # (wait, wait_str) -> Forcing
         im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-        forcing = Forcing(stop={tokenizer.eos_token_id, im_end} - {None, tokenizer.unk_token_id})
-    for row, token, forced, phase in decode(model, ids, rows, forcing, temperature=temperature, top_k=top_k,
-                                            top_p=top_p, vocab_limit=min(len(tokenizer), model.config.vocab_size),
-                                            generator=generator, compile=compile):
-        if on_token is not None:
-            on_token(row, token, forced, phase)
+        # plain text: no thinking to force, stop at the end of a turn or of the text
+        self.plain = Forcing(stop={tokenizer.eos_token_id, im_end} - {None, tokenizer.unk_token_id})
+        self.vocab_limit = min(len(tokenizer), model.config.vocab_size)
 
-    out = []
-    for i, r in enumerate(rows):
-        kept = r.tokens[:-1] if r.finish_reason == "stop" else r.tokens  # vLLM also leaves the stop token out
-        text = tokenizer.decode(kept, skip_special_tokens=False)
-        thinking, _, answer = text.partition(ANSWER) if starts_in_thinking(texts[i]) else ("", "", text)
-        out.append(Generation(prompt=texts[i], text=text, thinking=thinking, answer=answer, token_ids=r.tokens,
-                              forced=r.forced, thinking_tokens=r.thinking_tokens, waits=r.waits,
-                              forced_answer=r.forced_answer, finish_reason=r.finish_reason))
+    @property
+    def busy(self) -> bool:
+        return bool(self.requests)
+
+    def submit(self, prompt: str, *, max_new_tokens=MAX_NEW_TOKENS, max_thinking_tokens=MAX_THINKING_TOKENS,
+               wait=WAIT, wait_str=WAIT_STR, temperature=TEMPERATURE, top_k=TOP_K, top_p=TOP_P, seed=None,
+               raw=False) -> int:
+        """Queue one question (raw=True: the exact text to continue); returns its id."""
+        check_settings(max_new_tokens, max_thinking_tokens, wait, wait_str, temperature, top_k, top_p, seed)
+        if not prompt.strip():
+            raise InputError("the prompt is empty; give a question")
+        text = build_prompt(self.tokenizer, prompt, raw)
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        context = self.model.config.max_position_embeddings
+        if len(ids) >= context:
+            raise InputError(f"the prompt is {len(ids)} tokens but the model's context is {context}; shorten it")
+        max_new = min(max_new_tokens, context - len(ids))
+        if self.engine is not None and len(ids) + max_new - 1 > self.engine.max_len:
+            raise InputError(f"the prompt and max_new_tokens make {len(ids) + max_new - 1} tokens, more than this "
+                             f"sampler's max_len={self.engine.max_len}; lower max_new_tokens")
+        budget = max(1, max_new - ANSWER_RESERVE) if max_thinking_tokens == "auto" else max_thinking_tokens
+        row = Row(max_new=max_new, budget=budget, phase="thinking" if starts_in_thinking(text) else "answer")
+        forcing = self.plain
+        if row.phase == "thinking":
+            if (wait, wait_str) not in self.forcings:
+                self.forcings[wait, wait_str] = make_forcing(self.tokenizer, wait, wait_str)
+            forcing = self.forcings[wait, wait_str]
+        device = next(self.model.parameters()).device
+        generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
+        rid, self.next_id = self.next_id, self.next_id + 1
+        self.requests[rid] = Request(text, ids, row, forcing, temperature, top_k, top_p, generator)
+        if self.engine is not None:
+            self.engine.add(rid, ids)
+        return rid
+
+    def cancel(self, rid):
+        """Drop a request that has not finished (a client gone): its row and pages are freed now."""
+        if self.requests.pop(rid, None) is not None and self.engine is not None:
+            self.engine.finish(rid)
+
+    def start(self):
+        """Make the engine (the KV cache): at the first step(), or before, to learn early that it does not fit."""
+        if self.engine is None:
+            need = max((len(r.ids) + r.row.max_new - 1 for r in self.requests.values()), default=1)
+            try:
+                self.engine = Engine(self.model, max_len=self.max_len or need, **self.engine_args)
+            except CacheTooSmall as e:
+                raise InputError(str(e)) from None
+            for rid, r in self.requests.items():
+                self.engine.add(rid, r.ids)
+
+    def step(self) -> list[Event]:
+        """One forward pass: the next token of every running request (none while prompts are prefilled)."""
+        self.start()
+        ids, logits = self.engine.step()
+        if not ids:
+            return []
+        reqs = [self.requests[rid] for rid in ids]
+        for i, r in enumerate(reqs):  # just after a Wait, this sample may not end thinking (vLLM's min_tokens=1)
+            if r.row.must_think and r.row.phase == "thinking":
+                logits[i, list(r.forcing.think_end)] = float("-inf")
+        sampled = sample(logits, vocab_limit=self.vocab_limit)  # greedy rows, all in one go
+        for i, r in enumerate(reqs):
+            if r.temperature > 0:  # one row at a time, each with its own generator
+                sampled[i] = sample(logits[i:i + 1], r.temperature, r.top_k, r.top_p, self.vocab_limit, r.generator)[0]
+        events = []
+        for rid, r, s in zip(ids, reqs, sampled.tolist()):  # one sync a step
+            token, forced, phase = next_token(r.row, s, r.forcing)
+            events.append(Event(rid, token, forced, phase))
+            if r.row.phase == "done":
+                self.cancel(rid)
+                events[-1].generation = self.generation(r)
+            else:
+                self.engine.append(rid, token)
+        return events
+
+    def generation(self, r: Request) -> Generation:
+        row = r.row
+        kept = row.tokens[:-1] if row.finish_reason == "stop" else row.tokens  # vLLM also leaves the stop token out
+        text = self.tokenizer.decode(kept, skip_special_tokens=False)
+        thinking, _, answer = text.partition(ANSWER) if starts_in_thinking(r.text) else ("", "", text)
+        return Generation(prompt=r.text, text=text, thinking=thinking, answer=answer, token_ids=row.tokens,
+                          forced=row.forced, thinking_tokens=row.thinking_tokens, waits=row.waits,
+                          forced_answer=row.forced_answer, finish_reason=row.finish_reason)
+
+    def close(self):
+        if self.engine is not None:
+            self.engine.close()
+        self.engine, self.requests = None, {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def submit_all(sampler, prompts: list, settings: dict, raw=False) -> list[int]:
+    """Submit each prompt, a str or a dict {"prompt": str, ...its own PROMPT_SETTINGS}; a row without a seed
+    of its own gets the call's seed + its index. A bad prompt raises InputError naming it."""
+    ids = []
+    for i, p in enumerate(prompts):
+        own = dict(p) if isinstance(p, dict) else {"prompt": p}
+        question = own.pop("prompt", None)
+        if "seed" not in own and settings.get("seed") is not None:
+            own["seed"] = settings["seed"] + i
+        try:
+            unknown = sorted(set(own) - set(PROMPT_SETTINGS))
+            if unknown or not isinstance(question, str):
+                raise InputError(f"unknown field {unknown[0]!r} (a prompt may set {', '.join(PROMPT_SETTINGS)})"
+                                 if unknown else "needs a 'prompt' string")
+            ids.append(sampler.submit(question, raw=raw, **{**settings, **own}))
+        except InputError as e:
+            raise InputError(f"prompt {i + 1}: {e}") from None
+    return ids
+
+
+def run_all(sampler, ids: list[int], on_token=None, on_finish=None) -> list[Generation]:
+    """Step the sampler until it is idle; returns the generations of `ids`, in their order."""
+    index, out = {rid: i for i, rid in enumerate(ids)}, [None] * len(ids)
+    while sampler.busy:
+        for e in sampler.step():
+            if on_token is not None:
+                on_token(index[e.id], e.token, e.forced, e.phase)
+            if e.generation is not None:
+                out[index[e.id]] = e.generation
+                if on_finish is not None:
+                    on_finish(index[e.id], e.generation)
     return out
 
 
-def weight_bytes_per_token(model) -> int:
-    """Bytes of weights one decode step reads: every parameter once, but only one row of an untied embedding."""
-    total = sum(p.numel() * p.element_size() for p in model.parameters())  # a tied weight is listed once
-    if not model.config.tie_word_embeddings:  # a tied table is read whole anyway, as the output head
-        total -= model.model.embed_tokens.weight.numel() * model.model.embed_tokens.weight.element_size()
-    return total
+def generate(model, tokenizer, prompts: list, *, max_new_tokens=MAX_NEW_TOKENS,
+             max_thinking_tokens=MAX_THINKING_TOKENS, wait=WAIT, wait_str=WAIT_STR, temperature=TEMPERATURE,
+             top_k=TOP_K, top_p=TOP_P, seed=None, raw=False, compile=False, on_token=None, on_finish=None,
+             batch_size=BATCH_SIZE, kv_cache_gb=KV_CACHE_GB) -> list[Generation]:
+    """
+    Answer questions with budget forcing: up to batch_size rows decode together, the others join as rows
+    finish. Each prompt is a question (raw=True: the exact text to continue; budget forcing applies if
+    it ends inside a think block), or a dict {"prompt": question, ...} that sets any of PROMPT_SETTINGS
+    for its row. max_thinking_tokens: None, an int, or "auto" (the context left after ANSWER_RESERVE
+    answer tokens). on_token(i, token_id, forced, phase) is called for every token of prompt i as it is
+    decided; on_finish(i, generation) as soon as prompt i is done. Returns the generations in prompt order.
+    """
+    settings = dict(max_new_tokens=max_new_tokens, max_thinking_tokens=max_thinking_tokens, wait=wait,
+                    wait_str=wait_str, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    check_settings(**settings)
+    with Sampler(model, tokenizer, batch_size=batch_size, kv_cache_gb=kv_cache_gb, compile=compile) as sampler:
+        return run_all(sampler, submit_all(sampler, prompts, settings, raw), on_token, on_finish)
 
 
 # -----------------------------------------------------------------------------
@@ -428,8 +500,12 @@ class Stream:
         self.out.flush()
 
 
-def read_prompts(args) -> list[str]:
-    """Arguments, else --file (text lines or jsonl), else stdin when piped, else the paper's question."""
+def read_prompts(args, settings: dict) -> list:
+    """
+    Arguments, else --file (text lines or jsonl), else stdin when piped, else the paper's question. A
+    jsonl row may carry its own PROMPT_SETTINGS (e.g. max_thinking_tokens, wait); its other fields are
+    ignored. Returns strs, and dicts {"prompt": ..., settings} for rows that set something.
+    """
     if args.prompts:
         return args.prompts
     if args.file == "-" or (args.file is None and not sys.stdin.isatty()):
@@ -441,17 +517,23 @@ def read_prompts(args) -> list[str]:
             lines = f.read().splitlines()
     else:
         return [QUESTION]
-    prompts = []
+    name, prompts = args.file or "stdin", []
     for n, line in enumerate(lines, 1):
         if line.lstrip().startswith("{"):
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise InputError(f"{args.file or 'stdin'} line {n}: not valid JSON ({e.msg})") from None
+                raise InputError(f"{name} line {n}: not valid JSON ({e.msg})") from None
             q = next((row[k] for k in ("question", "prompt", "problem") if isinstance(row.get(k), str)), None)
             if q is None:
-                raise InputError(f"{args.file or 'stdin'} line {n}: no 'question', 'prompt' or 'problem' field")
-            prompts.append(q)
+                raise InputError(f"{name} line {n}: no 'question', 'prompt' or 'problem' field")
+            own = {k: row[k] for k in PROMPT_SETTINGS if k in row}
+            for k, v in own.items():
+                try:
+                    check_settings(**{**settings, k: v})
+                except InputError as e:
+                    raise InputError(f"{name} line {n}: field {k!r}: {e}") from None
+            prompts.append(dict(own, prompt=q) if own else q)
         elif line.strip():
             prompts.append(line)
     return prompts or [QUESTION]
@@ -471,7 +553,8 @@ def parse_args(argv=None):
     p.add_argument("prompts", nargs="*", help=f"questions (default: --file, piped stdin, or {QUESTION!r})")
     p.add_argument("--model", default=MODEL, help=f"checkpoint directory or hub id (default: {MODEL}, "
                    "the output of the README's first run)")
-    p.add_argument("--file", help="questions, one a line, or jsonl with a 'question' field; '-' for stdin")
+    p.add_argument("--file", help="questions, one a line, or jsonl with a 'question' field (and optionally its "
+                   f"own {', '.join(PROMPT_SETTINGS)}); '-' for stdin")
     p.add_argument("--wait", type=int, default=WAIT, help="replace the end of thinking by --wait-str this many times")
     p.add_argument("--wait-str", default=WAIT_STR)
     p.add_argument("--max-thinking-tokens", type=budget_arg, default=MAX_THINKING_TOKENS, help="int or 'auto'")
@@ -482,7 +565,10 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--raw", action="store_true", help="continue the text as is, no chat template")
     p.add_argument("--json", action="store_true", help="one JSON object per prompt on stdout")
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="prompts decoded together")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="most prompts decoded together; the others "
+                   "join as rows finish")
+    p.add_argument("--kv-cache-gb", type=float, default=KV_CACHE_GB, help="size of the paged KV cache (default: "
+                   "most of the GPU memory left after the weights, a quarter of the free RAM on a CPU)")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--compile", action="store_true", help="compile the decode step (CUDA graphs on GPU)")
@@ -501,46 +587,58 @@ def main(argv=None):
     try:
         settings = dict(max_new_tokens=args.max_new_tokens, max_thinking_tokens=args.max_thinking_tokens,
                         wait=args.wait, wait_str=args.wait_str, temperature=args.temperature, top_k=args.top_k,
-                        top_p=args.top_p)
+                        top_p=args.top_p, seed=args.seed)
         check_settings(**settings)  # before the model loads: a typo costs seconds, not a 32B load
         if args.batch_size < 1:
             raise InputError(f"--batch-size must be at least 1, not {args.batch_size}")
-        prompts = read_prompts(args)
+        if args.kv_cache_gb is not None and not args.kv_cache_gb > 0:
+            raise InputError(f"--kv-cache-gb must be positive, not {args.kv_cache_gb}")
+        prompts = read_prompts(args, settings)
         if args.model == MODEL and not os.path.isdir(MODEL):
             raise InputError(f"no model at {MODEL}: run `python train.py --tiny` first (the README's first run) "
                              "or pass --model DIR_OR_HUB_ID")
         t0 = time.perf_counter()
         model, tokenizer = load_model(args.model, None if args.device == "auto" else args.device, args.dtype)
         load_s = time.perf_counter() - t0
-        tokenize_prompts(model, tokenizer, prompts, args.raw)  # refuse a bad prompt before printing anything
+        sampler = Sampler(model, tokenizer, batch_size=args.batch_size, kv_cache_gb=args.kv_cache_gb,
+                          compile=args.compile)
+        ids = submit_all(sampler, prompts, settings, args.raw)
+        sampler.start()  # a bad prompt or a KV cache too small is refused before anything is printed
         stream = Stream(tokenizer) if len(prompts) == 1 and not args.json else None
         if stream:
-            print(build_prompt(tokenizer, prompts[0], args.raw), end="", flush=True)
-        t0, n_tokens, n_steps = time.perf_counter(), 0, 0
-        for start in range(0, len(prompts), args.batch_size):
-            gens = generate(model, tokenizer, prompts[start:start + args.batch_size], seed=args.seed, raw=args.raw,
-                            compile=args.compile, on_token=stream, **settings)
-            n_tokens += sum(len(g.token_ids) for g in gens)
-            n_steps += max(len(g.token_ids) for g in gens)
-            for i, g in enumerate(gens):
+            print(sampler.requests[ids[0]].text, end="", flush=True)
+        finished, shown = {}, 0
+
+        def show(i, g):  # print in prompt order, each as soon as it and those before it are done
+            nonlocal shown
+            finished[i] = g
+            while shown in finished:
+                g = finished.pop(shown)
                 if args.json:
                     print(json.dumps(asdict(g), ensure_ascii=False), flush=True)
                 elif stream:
                     stream.flush()
                     print()
                 else:
-                    print(f"=== {start + i + 1} ===\n{g.prompt}{g.text}\n", flush=True)
+                    print(f"=== {shown + 1} ===\n{g.prompt}{g.text}\n", flush=True)
+                shown += 1
+
+        t0 = time.perf_counter()
+        gens = run_all(sampler, ids, on_token=stream, on_finish=show)
     except (InputError, CheckpointError) as e:
         fail(e)
     except KeyboardInterrupt:
         sys.exit(130)
-    dt = time.perf_counter() - t0
-    # Batch 1 reads every weight once a token: that sets the speed limit on any hardware ("bandwidth achieved").
+    dt, n_steps = time.perf_counter() - t0, sampler.engine.steps
+    sampler.close()
+    n_tokens = sum(len(g.token_ids) for g in gens)
+    # Each step reads every weight once, whatever the batch: that sets the speed limit on any hardware.
     gbps = weight_bytes_per_token(model) * n_steps / dt / 1e9
     g = gens[0]
     last = f"; thinking {g.thinking_tokens} tokens, {g.waits} waits, finish {g.finish_reason}" if stream else ""
-    print(f"{n_tokens} tokens in {dt:.2f}s: {n_tokens / dt:.1f} tokens/s, bandwidth achieved {gbps:.2f} GB/s "
-          f"(model loaded in {load_s:.1f}s on {next(model.parameters()).device}){last}", file=sys.stderr)
+    print(f"{n_tokens} tokens in {dt:.2f}s ({n_steps} steps): {n_tokens / dt:.1f} tokens/s, bandwidth achieved "
+          f"{gbps:.2f} GB/s (model loaded in {load_s:.1f}s on {next(model.parameters()).device}){last}",
+          file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import torch
 from conftest import ROOT
 
 SMOKE = ["--decode-shape", "smoke", "--train-shape", "smoke", "--train-seq", "64", "--loss-seq", "256",
-         "--decode-batch", "2", "--compile"]
+         "--decode-batch", "2", "--workload-shape", "smoke", "--workload", "8,2", "--compile"]
 
 
 def bench(*args):
@@ -31,6 +31,14 @@ def test_every_part_runs_and_reports(tmp_path):
     assert engines == {(2, e) for e in ("sample.py", "sample.py --compile", "transformers generate", "matmuls alone")}
     for d in res["decode"]:
         assert d["tokens_per_s"] > 0 and 0 < d["roofline_share"] and d["vs_transformers"] > 0
+
+    workload = {d["engine"]: d for d in res["workload"]}
+    assert set(workload) == {"engine.py", "engine.py --compile", "static cache (before)", "transformers generate"}
+    for d in workload.values():
+        assert d["tokens_per_s"] > 0 and 0 < d["roofline_share"] and 1 <= d["batch"] <= 2 and d["kv_peak_gb"] > 0
+    for name in ("engine.py", "engine.py --compile"):  # the same greedy steps, eager or compiled
+        assert workload[name]["steps"] == workload["engine.py"]["steps"] < workload["static cache (before)"]["steps"]
+        assert workload[name]["kv_vs_static"] < 1 and 0 < workload[name]["prefill_share"] < 1
 
     (train,) = res["train"]
     for impl in ("ours", "transformers"):
@@ -55,8 +63,8 @@ def test_every_part_runs_and_reports(tmp_path):
         elif table:
             tables.append(table)
             table = []
-    assert [t[0].split("|")[1].strip() for t in tables] == ["batch", "T", "T", "comparison"]
-    assert [len(t) - 2 for t in tables] == [4, 2, 1, 8]  # rows below the header and its rule
+    assert [t[0].split("|")[1].strip() for t in tables] == ["batch", "shape", "T", "T", "comparison"]
+    assert [len(t) - 2 for t in tables] == [4, 4, 2, 1, 8]  # rows below the header and its rule
     for t in tables:
         assert len({line.count("|") for line in t}) == 1, t
 

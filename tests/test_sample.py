@@ -1,10 +1,11 @@
 """
-sample.py against independent references: transformers' greedy generate for the decoder, its logits
-warpers for the sampling maths, and hand-worked scripts for budget forcing (../shared/S1_NOTES.md).
+sample.py against independent references: hand-worked scripts for budget forcing (../shared/S1_NOTES.md),
+transformers' logits warpers for the sampling maths; the decoder's greedy tokens against transformers'
+generate are tests/test_engine.py's.
 
-The budget-forcing tests drive the real generate() with a scripted model whose next token is known in
-advance, and a byte-level tokenizer built here (token id = byte value for ASCII), so every forced
-string can be checked character by character.
+The budget-forcing tests drive the real generate() and Sampler, on engine.py's pages, with a scripted
+model whose next token is known in advance, and a byte-level tokenizer built here (token id = byte value
+for ASCII), so every forced string can be checked character by character.
 """
 
 import io
@@ -71,35 +72,34 @@ def ids(s):
 class ScriptedLM(torch.nn.Module):
     """
     Plays back, for each prompt, the token it "wants" at each generated step, whatever was forced in
-    between. It recognises its row from the tokens the attention mask lets it see, so a wrong mask or a
-    wrong row after the batch shrinks fails loudly. Its very favourite is always the last embedding
-    row, a padding row beyond the tokenizer, which the sampler must never pick; runner-up is 'x'.
+    between. It recognises its row from the tokens the attention mask lets it see, read back from
+    engine.py's pages (its one layer's keys are the token ids themselves), so a wrong mask, page or row
+    fails loudly. Its very favourite is always the last embedding row, a padding row beyond the
+    tokenizer, which the sampler must never pick; runner-up is 'x'.
     """
 
     def __init__(self, prompts, scripts, vocab_size=300, context=512, filler="z"):
         super().__init__()
         self.prompts, self.scripts, self.filler = prompts, scripts, ord(filler)
-        self.config = SimpleNamespace(vocab_size=vocab_size, max_position_embeddings=context, tie_word_embeddings=True)
-        self.dummy = torch.nn.Parameter(torch.zeros(1))  # gives the model a device
+        self.config = SimpleNamespace(vocab_size=vocab_size, max_position_embeddings=context, tie_word_embeddings=True,
+                                      num_hidden_layers=1, num_attention_heads=1, num_key_value_heads=1, head_dim=1)
+        self.dummy = torch.nn.Parameter(torch.zeros(1))  # gives the model a device and a dtype
         self.model = SimpleNamespace(layers=[SimpleNamespace(self_attn=SimpleNamespace(kv_cache=None))])
         self.seen_batch_sizes = []
 
-    def setup_cache(self, B, S):
-        self.model.layers[0].self_attn.kv_cache = SimpleNamespace(k=torch.full((B, S), -1), v=torch.zeros(B, S))
-
-    def clear_cache(self):
-        self.model.layers[0].self_attn.kv_cache = None
-
     def forward(self, idx, input_pos=None, position_ids=None, mask=None, last_only=False):
-        cache = self.model.layers[0].self_attn.kv_cache
-        cache.k[:, input_pos] = idx
+        pages = self.model.layers[0].self_attn.kv_cache  # engine.py's PagedAttention
+        write, read = input_pos
+        ids = idx.float()[:, None, :, None]  # (B, 1, T, 1): each token's key is its id
+        pages.store(write, ids, ids)
+        keys, _ = pages.gather(read)  # (B, 1, S, 1)
         B = idx.size(0)
         self.seen_batch_sizes.append(B)
         logits = torch.zeros(B, 1, self.config.vocab_size)
         logits[:, 0, -1] = 100.0  # a padding row
         logits[:, 0, ord("x")] = 5.0
         for b in range(B):
-            seen = cache.k[b, : mask.size(-1)][mask[b, 0, -1]].tolist()  # what the last query attends to
+            seen = keys[b, 0, :, 0][mask[b, 0, -1]].long().tolist()  # what the last query attends to
             [(p, script)] = [(p, s) for p, s in zip(self.prompts, self.scripts) if seen[: len(p)] == p]
             n = len(seen) - len(p)
             logits[b, 0, script[n] if n < len(script) else self.filler] = 10.0
@@ -113,99 +113,6 @@ def run(tok, questions, scripts, **kw):
     events = []
     gens = sample.generate(model, tok, questions, on_token=lambda *e: events.append(e), **kw)
     return gens, events, model
-
-
-# -----------------------------------------------------------------------------
-# Greedy decoding: identical tokens to transformers' generate
-
-
-def reference_generate(ref, prompts, n, eos=None):
-    """transformers' greedy generate on left-padded prompts; each row cut after its eos."""
-    P = max(len(p) for p in prompts)
-    x = torch.tensor([[0] * (P - len(p)) + p for p in prompts])
-    attention_mask = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in prompts])
-    out = ref.generate(x, attention_mask=attention_mask, max_new_tokens=n, do_sample=False, pad_token_id=0,
-                       eos_token_id=eos)[:, P:].tolist()
-    return [row[: row.index(eos) + 1] if eos in row else row for row in out]
-
-
-def our_generate(model, prompts, n, eos=None):
-    rows = [sample.Row(max_new=n) for _ in prompts]
-    forcing = sample.Forcing(stop={eos} if eos is not None else set())
-    list(sample.decode(model, prompts, rows, forcing))
-    return [r.tokens for r in rows]
-
-
-@pytest.fixture(scope="module")
-def tiny_pair(tmp_path_factory):
-    """A random model whose next token depends on the whole context (conftest's tiny norms near 0 make
-    attention almost uniform, so a wrong position or mask would go unnoticed in greedy tokens)."""
-    path, ref = make_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "ckpt", seed=1)
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for name, p in ref.named_parameters():
-            if name.endswith("norm.weight"):
-                p.normal_(1.0, 0.1)
-    ref.save_pretrained(path)
-    return Qwen2.from_pretrained(path), ref
-
-
-@pytest.mark.parametrize("prompt", [[7], [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]])
-def test_greedy_single_prompt_matches_transformers(tiny_pair, prompt):
-    model, ref = tiny_pair
-    assert our_generate(model, [prompt], 24) == reference_generate(ref, [prompt], 24)
-
-
-def test_greedy_batch_of_mixed_lengths_matches_transformers(tiny_pair):
-    model, ref = tiny_pair
-    prompts = [[5, 6, 7, 8, 9, 10, 11], [3, 4], [100, 2, 50, 60], [9]]
-    expected = reference_generate(ref, prompts, 16)
-    assert our_generate(model, prompts, 16) == expected
-    # Each row alone gives the same tokens as in the batch: the padding is invisible.
-    assert [our_generate(model, [p], 16)[0] for p in prompts] == expected
-
-
-def test_rows_that_stop_early_leave_the_batch_and_the_rest_stay_right(tiny_pair):
-    model, ref = tiny_pair
-    prompts = [[5, 6, 7, 8, 9, 10, 11], [3, 4], [100, 2, 50, 60], [9]]
-    free = reference_generate(ref, prompts, 16)
-    eos = free[1][2]  # a token row 1 emits early; other rows emit it later or never
-    expected = reference_generate(ref, prompts, 16, eos=eos)
-    assert len({len(r) for r in expected}) > 1, "rows should stop at different steps for this test to mean anything"
-    assert our_generate(model, prompts, 16, eos=eos) == expected
-
-
-def test_compiled_decode_step_traces_whole_and_matches_transformers(tiny_pair, aot_eager, fresh_compile):
-    # --compile attends over the whole preallocated cache with a mask (static shapes, for CUDA graphs) and
-    # compiles the step with fullgraph=True, so a graph break fails here. aot_eager functionalises the
-    # in-place cache writes as a GPU compile would. Rows leave as they finish, so the batch shrinks.
-    model, ref = tiny_pair
-    prompts = [[5, 6, 7, 8, 9, 10, 11], [3, 4], [100, 2, 50, 60], [9]]
-    eos = reference_generate(ref, prompts, 16)[1][2]
-    expected = reference_generate(ref, prompts, 16, eos=eos)
-    batch_sizes = {sum(len(r) > j for r in expected) for j in range(1, 16)} - {0}  # of the steps after prefill
-    assert len(batch_sizes) > 1
-
-    for run in range(2):
-        rows = [sample.Row(max_new=16) for _ in prompts]
-        list(sample.decode(model, prompts, rows, sample.Forcing(stop={eos}), compile=True))
-        assert [r.tokens for r in rows] == expected
-        if run == 0:
-            graphs = fresh_compile()
-            # at most one graph per batch size: nothing that changes every step (the position) is baked in
-            assert 1 <= graphs <= len(batch_sizes), graphs
-    assert fresh_compile() == graphs  # the same shapes again: nothing recompiled
-
-
-@pytest.mark.skipif(not any(map(shutil.which, ("g++", "clang++"))), reason="inductor on CPU needs a C++ compiler")
-def test_compiled_decode_step_with_inductor_matches_transformers(tiny_pair, fresh_compile):
-    # The real compile, kernels and all (C++ on a CPU; about 15 s here for the tiny model).
-    model, ref = tiny_pair
-    prompts = [[5, 6, 7, 8, 9, 10, 11], [3, 4]]
-    rows = [sample.Row(max_new=12) for _ in prompts]
-    list(sample.decode(model, prompts, rows, compile=True))
-    assert [r.tokens for r in rows] == reference_generate(ref, prompts, 12)
-    assert fresh_compile() == 1
 
 
 def test_finished_rows_stop_costing_compute(tok):
@@ -356,6 +263,89 @@ def test_qwen_token_ids_of_the_forced_strings(qwen_tokenizer):
 
 
 # -----------------------------------------------------------------------------
+# Continuous batching: a sweep in one call, rows joining, preempted, finishing, cancelled
+
+
+SWEEP = [  # (question, script, its own settings): mixed budgets, Wait counts and lengths in one batch
+    ("first", ids("a") + [IM_END] + [0] * 3 + ids("b") + [IM_END] + [0] * 6 + ids("1") + [IM_END], dict(wait=1)),
+    ("second question", ids("c") + [IM_START] + [0] * 3 + ids("defghijk") + [0] * 17 + ids("22") + [IM_END],
+     dict(wait=1, max_thinking_tokens=8)),
+    ("third, the longest question", ids("efghijklmnop"), dict(max_thinking_tokens=8, max_new_tokens=40)),
+    ("fourth", ids("ab") + [IM_END] + [0] * 6 + ids("7") + [IM_END], dict(wait=0)),
+    ("fifth", ids("a") + [IM_END] + [0] * 3 + ids("bc") + [IM_END] + [0] * 3 + ids("d") + [IM_END] + [0] * 6
+     + ids("5") + [IM_END], dict(wait=2, max_thinking_tokens=30)),
+]
+
+
+def sweep_alone(tok):
+    """Each row of SWEEP generated on its own: what it must give whatever else is in the batch."""
+    return [run(tok, [q], [script], **kw)[0][0] for q, script, kw in SWEEP]
+
+
+def test_a_sweep_in_one_batch_with_rows_joining_and_preempted(tok):
+    # 2 rows at a time and a pool of 12 pages of 16 tokens, for prompts of 66-88 tokens that grow to 78-128:
+    # rows join as others finish, and are preempted and prefilled again with every token they had.
+    alone = sweep_alone(tok)
+    prompts = [tok.encode(sample.build_prompt(tok, q), add_special_tokens=False) for q, _, _ in SWEEP]
+    model = ScriptedLM(prompts, [script for _, script, _ in SWEEP])
+    events, finished = [], []
+    with sample.Sampler(model, tok, batch_size=2, kv_cache_gb=12 * 16 * 8 / 1e9, page_size=16) as sampler:
+        ids_ = sample.submit_all(sampler, [dict(kw, prompt=q) for q, _, kw in SWEEP], dict(max_new_tokens=40))
+        gens = sample.run_all(sampler, ids_, on_token=lambda *e: events.append(e),
+                              on_finish=lambda i, g: finished.append((i, g, len(events))))
+        assert sampler.engine.preemptions > 0 and max(model.seen_batch_sizes) == 2
+    assert gens == alone
+    for i, g in enumerate(gens):  # every token once, in order: nothing re-emitted or lost after a preemption
+        assert [(t, f) for row, t, f, _ in events if row == i] == list(zip(g.token_ids, g.forced))
+    # on_finish: each prompt once, with its generation, right after its last token, in the order they end
+    assert sorted(i for i, _, _ in finished) == list(range(len(SWEEP)))
+    for i, g, n in finished:
+        assert g is gens[i] and events[n - 1][0] == i and all(e[0] != i for e in events[n:])
+    ends = [max(n for n, e in enumerate(events) if e[0] == i) for i in range(len(SWEEP))]
+    assert [i for i, _, _ in finished] == sorted(range(len(SWEEP)), key=ends.__getitem__)
+
+
+def test_sampler_takes_requests_between_steps_and_cancels(tok):
+    alone = sweep_alone(tok)
+    prompts = [tok.encode(sample.build_prompt(tok, q), add_special_tokens=False) for q, _, _ in SWEEP]
+    model = ScriptedLM(prompts, [script for _, script, _ in SWEEP])
+    sampler = sample.Sampler(model, tok, batch_size=4, max_len=200)
+    first = sampler.submit(SWEEP[0][0], **{"max_new_tokens": 40, **SWEEP[0][2]})
+    doomed = sampler.submit(SWEEP[2][0], **SWEEP[2][2])
+    events = sampler.step() + sampler.step() + sampler.step()  # the prefill gives the first token
+    late = sampler.submit(SWEEP[1][0], **{"max_new_tokens": 40, **SWEEP[1][2]})  # joins the running batch
+    sampler.cancel(doomed)  # a client gone: its row and pages are free at once
+    assert len(sampler.engine.running) + len(sampler.engine.waiting) == 2
+    while sampler.busy:
+        events += sampler.step()
+    assert len(sampler.engine.free) == sampler.engine.n_pages  # every page back
+    done = {e.id: e.generation for e in events if e.generation is not None}
+    assert done == {first: alone[0], late: alone[1]}
+    assert [e.token for e in events if e.id == doomed] == alone[2].token_ids[:3]  # then nothing more
+    with pytest.raises(sample.InputError, match="max_len=200"):
+        sampler.submit("q", max_new_tokens=300)
+    sampler.close()
+
+
+def test_per_prompt_settings_are_checked(tok):
+    model = ScriptedLM([], [])
+    with pytest.raises(sample.InputError, match="prompt 2: unknown field 'max_thinking'"):
+        sample.generate(model, tok, ["q", {"prompt": "r", "max_thinking": 5}])
+    with pytest.raises(sample.InputError, match="prompt 1: wait must be 0 or more"):
+        sample.generate(model, tok, [{"prompt": "r", "wait": True}])
+
+
+def test_each_row_samples_with_its_own_seed_whatever_the_batch(cli_model, tok):
+    model = Qwen2.from_pretrained(cli_model)
+    kw = dict(temperature=1.0, max_new_tokens=12)
+    gens = sample.generate(model, tok, ["a", "bb", "ccc"], seed=5, **kw)  # seeds 5, 6, 7
+    assert sample.generate(model, tok, [{"prompt": "bb", "seed": 6}], **kw) == [gens[1]]
+    again = sample.generate(model, tok, ["zz", {"prompt": "ccc", "seed": 7}, "a"], seed=50, batch_size=2, **kw)
+    assert again[1] == gens[2]
+    assert sample.generate(model, tok, ["a"], seed=6, **kw)[0].token_ids != gens[0].token_ids
+
+
+# -----------------------------------------------------------------------------
 # Sampling maths
 
 
@@ -385,18 +375,6 @@ def test_sampling_distribution_matches_transformers_warpers(temperature, top_k, 
     freq = torch.bincount(drawn, minlength=5).float() / n
     assert torch.allclose(freq, expected, atol=0.01), (freq, expected)
     assert (freq[expected == 0] == 0).all()
-
-
-def test_seed_makes_sampling_reproducible(tiny_pair):
-    model, _ = tiny_pair
-
-    def draw(seed):
-        rows = [sample.Row(max_new=12)]
-        gen = torch.Generator().manual_seed(seed)
-        list(sample.decode(model, [[1, 2, 3]], rows, temperature=1.5, generator=gen))
-        return rows[0].tokens
-
-    assert draw(1) == draw(1) and draw(1) != draw(2)
 
 
 # -----------------------------------------------------------------------------
@@ -459,7 +437,7 @@ def test_cli_default_model_missing_says_what_to_run(capsys, monkeypatch, tmp_pat
     assert "no model at out/tiny" in err and "train.py" in err
 
 
-@pytest.mark.parametrize("prompt, fragment", [("", "prompt 1 is empty"), ("x" * 600, "context is 512")])
+@pytest.mark.parametrize("prompt, fragment", [("", "prompt 1: the prompt is empty"), ("x" * 600, "context is 512")])
 def test_cli_bad_prompts(capsys, monkeypatch, cli_model, prompt, fragment):
     assert fragment in one_line_error(capsys, monkeypatch, "--model", cli_model, prompt)
 
@@ -473,3 +451,32 @@ def test_cli_unavailable_device(capsys, monkeypatch, cli_model):
 def test_cli_bad_input_in_a_subprocess_has_no_traceback(cli_model):
     r = cli("--model", cli_model, "--wait", "-2", "q")
     assert r.returncode == 2 and r.stdout == "" and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+def test_cli_jsonl_rows_carry_their_own_settings(capsys, cli_model, tmp_path):
+    f = tmp_path / "q.jsonl"
+    f.write_text('{"question": "one"}\n{"question": "two", "max_thinking_tokens": 2, "max_new_tokens": 3, "id": 7}\n')
+    sample.main(["--model", cli_model, "--json", "--max-new-tokens", "8", "--batch-size", "1", "--file", str(f)])
+    one, two = [json.loads(line) for line in capsys.readouterr().out.splitlines()]  # in the file's order
+    assert one["prompt"].endswith("one<|im_end|>\n<|im_start|>assistant\n<|im_start|>think")
+    assert len(one["token_ids"]) == 8 or one["finish_reason"] == "stop"
+    assert (two["thinking_tokens"], two["forced_answer"], len(two["token_ids"])) == (2, True, 3)
+
+
+@pytest.mark.parametrize("lines, fragment", [
+    ('{"question": "q", "wait": "two"}', "line 1: field 'wait': wait must be 0 or more"),
+    ('{"question": "q"}\n{"question": "r", "max_new_tokens": 0}', "line 2: field 'max_new_tokens': max_new_tokens"),
+    ('{"question": "q", "max_thinking_tokens": "lots"}', "line 1: field 'max_thinking_tokens': max thinking tokens"),
+])
+def test_cli_bad_jsonl_fields(capsys, monkeypatch, tmp_path, lines, fragment):
+    f = tmp_path / "q.jsonl"
+    f.write_text(lines + "\n")
+    assert f"{f} {fragment}" in one_line_error(capsys, monkeypatch, "--file", str(f))
+
+
+def test_cli_kv_cache_too_small_names_the_smallest_that_works(capsys, monkeypatch, cli_model):
+    args = ["--model", cli_model, "--max-new-tokens", "8", "--json", "q"]
+    err = one_line_error(capsys, monkeypatch, *args, "--kv-cache-gb", "0.000001")
+    smallest = err.split("the smallest that works is --kv-cache-gb ")[1].strip()
+    sample.main(args + ["--kv-cache-gb", smallest])
+    assert len(json.loads(capsys.readouterr().out)["token_ids"]) <= 8
