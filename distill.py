@@ -176,9 +176,9 @@ def generate_cached(model, tokenizer, todo: list[tuple[str, str]], path: str, se
                     finish):
     """
     Generate for every (id, prompt) of todo, the prompts already in the model's chat template, and append
-    finish(id, generation) to the cache as each batch ends (generation None: the prompt does not fit the
-    context). The one call into sample.py's engine is here: a continuous-batching engine takes all prompts
-    in one call, each with its own seed (row_seed), and appends each record from its on_finish.
+    finish(id, generation) to the cache as each one ends (generation None: the prompt does not fit the
+    context). The one call into sample.py's engine: every prompt goes in at once, each with its own seed
+    (row_seed), batch_size of them decoding together and the next joining as one ends.
     """
     from tqdm import tqdm
 
@@ -187,21 +187,26 @@ def generate_cached(model, tokenizer, todo: list[tuple[str, str]], path: str, se
     if not all(fits):
         append_cache(path, settings, [finish(i, None) for (i, _), ok in zip(todo, fits) if not ok])
     todo = [t for t, ok in zip(todo, fits) if ok]
-    for start in tqdm(range(0, len(todo), batch_size), desc=os.path.basename(path), unit="batch"):
-        batch = todo[start:start + batch_size]
-        try:
-            gens = sample.generate(model, tokenizer, [p for _, p in batch], raw=True,
-                                   max_new_tokens=settings["max_new_tokens"], temperature=settings["temperature"],
-                                   top_p=settings["top_p"], seed=row_seed(batch[0][0], settings["seed"]))
-        except torch.OutOfMemoryError:
-            raise CurateError(f"out of memory with --batch-size {batch_size}; lower it (finished batches are "
-                              "kept)") from None
-        append_cache(path, settings, [finish(i, g) for (i, _), g in zip(batch, gens)])
+    bar = tqdm(total=len(todo), desc=os.path.basename(path), unit="question")
+
+    def on_finish(i, gen):  # a crash loses only the generations still in flight
+        append_cache(path, settings, [finish(todo[i][0], gen)])
+        bar.update(1)
+
+    requests = [dict(prompt=p, seed=row_seed(qid, settings["seed"])) for qid, p in todo]
+    try:
+        sample.generate(model, tokenizer, requests, raw=True, max_new_tokens=settings["max_new_tokens"],
+                        temperature=settings["temperature"], top_p=settings["top_p"], batch_size=batch_size,
+                        on_finish=on_finish)
+    except torch.OutOfMemoryError:
+        raise CurateError(f"out of memory with --batch-size {batch_size}; lower it (finished questions are "
+                          "kept)") from None
+    finally:
+        bar.close()
 
 
 def row_seed(qid: str, seed: int) -> int:
-    """A question's own sampling seed, whatever batch it lands in. Today's engine takes one seed per batch:
-    its first question's."""
+    """A question's own sampling seed, whatever else decodes beside it."""
     return (int(qid, 16) + seed) % 2**63
 
 

@@ -60,7 +60,8 @@ DEFAULTS = dict(
     max_tries=16,             # rejection sampling's tries per problem (the reference had no cap)
     temperature=None,         # None: 0 (greedy) for bf/tcc/scc/ccc, 1 for rs and majority (the paper's)
     max_new_tokens=32768,
-    batch_size=8,             # the KV cache holds batch x (prompt + max_new_tokens) positions per layer
+    batch_size=16,            # most rows decoded at once; the whole sweep queues and joins as rows end
+    kv_cache_gb=None,         # None: engine.py's share of the memory left after the weights
     seed=0,
 )
 LOCAL_DATA_DIR = "data"
@@ -298,6 +299,8 @@ def evaluate(args):
         raise BadInput(str(e)) from None
     if args.batch_size < 1 or (args.limit is not None and args.limit < 1) or args.max_new_tokens < 1:
         raise BadInput("--batch-size, --limit and --max-new-tokens must be at least 1")
+    if args.kv_cache_gb is not None and not args.kv_cache_gb > 0:
+        raise BadInput(f"--kv-cache-gb {args.kv_cache_gb}: give a size in GB above 0, or leave it out")
     names = [t.strip() for t in args.tasks.split(",")]
     if not all(names) or len(set(names)) != len(names):
         raise BadInput(f"--tasks {args.tasks!r}: give distinct comma-separated task names")
@@ -309,7 +312,7 @@ def evaluate(args):
         tasks[name] = (rows[:args.limit] if args.limit else rows, grader)
 
     config = {k: getattr(args, k) for k in ("model", "tasks", "data_dir", "methods", "max_new_tokens", "wait_str",
-                                            "temperature", "seed", "batch_size", "limit", "dtype", "max_tries")}
+                                            "temperature", "seed", "limit", "dtype", "max_tries")}
     check_out_dir(args.out, config)
     samples_path, results_path = os.path.join(args.out, "samples.jsonl"), os.path.join(args.out, "results.json")
     rank, world = processes()
@@ -404,8 +407,8 @@ def generate_all(args, tasks, settings, done, samples_path, save, rank=0, world=
             except sample.InputError as e:
                 raise BadInput(str(e)) from None
             except torch.OutOfMemoryError:
-                raise BadInput(f"out of memory with --batch-size {args.batch_size}; lower it or "
-                               "--max-new-tokens (finished samples are kept)") from None
+                raise BadInput(f"out of memory with --batch-size {args.batch_size}; lower it or --kv-cache-gb "
+                               "(finished samples are kept)") from None
             bar.close()
             save(complete=False)
 
@@ -414,28 +417,13 @@ def generate_requests(model, tokenizer, requests, on_finish, args):
     """
     Generate every request ({"prompt": the exact text to continue, "max_new_tokens", "max_thinking_tokens",
     "wait", "temperature", "seed"}) and call on_finish(i, generation) as request i finishes. The only place
-    that calls sample.generate.
-
-    Today's sample.generate decodes a list of prompts under one setting, so requests that share every
-    setting go together, --batch-size at a time; a request with a seed goes alone, because the prompts of one
-    call share one random generator and a sample must not depend on what it is batched with. An engine that
-    takes per-prompt settings and seeds makes this one call:
-        sample.generate(model, tokenizer, requests, raw=True, wait_str=args.wait_str, compile=args.compile,
-                        on_finish=on_finish)
+    that calls sample.generate: the whole sweep goes to one engine, whose rows each keep their own settings
+    and random generator (a sample does not depend on what it is batched with), --batch-size of them
+    decoding at once and a waiting request joining as soon as a row ends.
     """
     import sample
-    groups = {}
-    for i, r in enumerate(requests):
-        shared = tuple((k, v) for k, v in r.items() if k != "prompt")
-        groups.setdefault(shared if r["seed"] is None else i, []).append(i)
-    for members in groups.values():
-        shared = {k: v for k, v in requests[members[0]].items() if k != "prompt"}
-        for b in range(0, len(members), args.batch_size):
-            batch = members[b:b + args.batch_size]
-            gens = sample.generate(model, tokenizer, [requests[i]["prompt"] for i in batch], raw=True,
-                                   wait_str=args.wait_str, compile=args.compile, **shared)
-            for i, gen in zip(batch, gens):
-                on_finish(i, gen)
+    sample.generate(model, tokenizer, requests, raw=True, wait_str=args.wait_str, compile=args.compile,
+                    batch_size=args.batch_size, kv_cache_gb=args.kv_cache_gb, on_finish=on_finish)
 
 
 # -----------------------------------------------------------------------------
@@ -467,7 +455,9 @@ def parse_args(argv=None):
     p.add_argument("--temperature", type=float, help="default: 0 (greedy) for bf, tcc, scc and ccc; 1 for rs and "
                    "majority")
     p.add_argument("--max-new-tokens", type=int, help="default %(default)s")
-    p.add_argument("--batch-size", type=int, help="default %(default)s")
+    p.add_argument("--batch-size", type=int, help="most samples decoded at once (default %(default)s)")
+    p.add_argument("--kv-cache-gb", type=float, help="memory of the paged KV cache (default: most of what the "
+                   "weights leave)")
     p.add_argument("--limit", type=int, help="only the first N problems of each task")
     p.add_argument("--seed", type=int, help="sampling seed: each sample's own is drawn from it (default %(default)s)")
     p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")

@@ -112,18 +112,20 @@ def test_split_think():
     assert split_think("<think>\nLet me see. And then") is None
 
 
-def fake_generate(texts, calls, crash_at=None):
-    """sample.generate's stand-in: the teacher answers each prompt with texts[question]."""
-    def generate(model, tokenizer, prompts, **kw):
-        calls.append(len(prompts))
-        if crash_at is not None and len(calls) == crash_at:
-            raise KeyboardInterrupt  # the job is killed in the middle of this batch
+def fake_generate(texts, calls, crash_after=None):
+    """sample.generate's stand-in: the teacher answers each prompt with texts[question], each with its own seed."""
+    def generate(model, tokenizer, requests, *, on_finish, **kw):
+        calls.append(len(requests))
+        assert len({r["seed"] for r in requests}) == len(requests)
         out = []
-        for p in prompts:
-            text = next(t for q, t in texts.items() if q in p)
-            out.append(sample.Generation(prompt=p, text=text, thinking="", answer="", token_ids=[1] * 5,
+        for r in requests:
+            if len(out) == crash_after:
+                raise KeyboardInterrupt  # the job is killed while the rest are in flight
+            text = next(t for q, t in texts.items() if q in r["prompt"])
+            out.append(sample.Generation(prompt=r["prompt"], text=text, thinking="", answer="", token_ids=[1] * 5,
                                          forced=[False] * 5, thinking_tokens=0, waits=0, forced_answer=False,
                                          finish_reason="stop"))
+            on_finish(len(out) - 1, out[-1])
         return out
     return generate
 
@@ -142,15 +144,15 @@ def test_distill_resumes_and_train_py_reads_it(real, qwen_tiny, tmp_path, monkey
     argv = ["--questions", questions, "--model", qwen_tiny, "--batch-size", "3", "--device", "cpu"]
 
     calls = []
-    monkeypatch.setattr(sample, "generate", fake_generate(texts, calls, crash_at=2))
+    monkeypatch.setattr(sample, "generate", fake_generate(texts, calls, crash_after=3))
     with pytest.raises(KeyboardInterrupt):
         distill.main(argv + ["--work", str(tmp_path / "w"), "--out", str(tmp_path / "a.jsonl")])
-    assert len(read_cache(str(tmp_path / "w" / "traces" / f"{slug(qwen_tiny)}.jsonl"))) == 3  # the first batch
+    assert len(read_cache(str(tmp_path / "w" / "traces" / f"{slug(qwen_tiny)}.jsonl"))) == 3  # those finished
     assert not (tmp_path / "a.jsonl").exists()
     calls.clear()
     monkeypatch.setattr(sample, "generate", fake_generate(texts, calls))
     distill.main(argv + ["--work", str(tmp_path / "w"), "--out", str(tmp_path / "a.jsonl")])
-    assert calls == [3, 1]  # only what was missing
+    assert calls == [4]  # only what was missing, in one call
     assert "right on 3 of 6 graded (50.0%), no end of thinking (left out) 1" in capsys.readouterr().out
     distill.main(argv + ["--work", str(tmp_path / "w2"), "--out", str(tmp_path / "b.jsonl")])  # uninterrupted
     out = read_jsonl(tmp_path / "a.jsonl")

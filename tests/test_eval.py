@@ -230,15 +230,19 @@ class Scripted:
         self.who = {methods.sample_seed(0, task, f"q{i}", m, t): (m, t)
                     for i in range(4) for m, n in (("rs", max_tries), ("majority", samples)) for t in range(n)}
 
-    def __call__(self, model, tokenizer, prompts, *, max_thinking_tokens, wait, temperature, seed, raw, **kw):
+    def __call__(self, model, tokenizer, requests, *, raw, on_finish, **kw):
+        """One call per round of eval.py: every request of the round, each with its own settings."""
         import sample
-        assert raw and (seed is None) == (temperature == 0) and (seed is None or len(prompts) == 1)
-        self.calls.append((len(prompts), max_thinking_tokens, temperature, seed))
+        assert raw
+        self.calls.append([(r["max_thinking_tokens"], r["temperature"], r["seed"]) for r in requests])
         out = []
-        for prompt in prompts:
+        for r in requests:
+            prompt, max_thinking_tokens, seed = r["prompt"], r["max_thinking_tokens"], r["seed"]
+            assert (seed is None) == (r["temperature"] == 0)
             i = int(re.search(r"user\np(\d)", prompt).group(1))
             if prompt.endswith(methods.FORCED_ANSWER):  # scc+bf's answer pass: it never finished its thinking
                 out.append(sample.Generation(prompt, "", "", "", [0], [False], 0, 0, False, "stop"))
+                on_finish(len(out) - 1, out[-1])
                 continue
             need, answer = 20 * (i + 1), f"\\boxed{{{i}}}"
             think = need // 2 if "short amount" in prompt else 2 * need if "long amount" in prompt else need
@@ -257,6 +261,7 @@ class Scripted:
             text = thinking + "<|im_start|>answer" + answer
             out.append(sample.Generation(prompt, text, thinking, answer, [0] * (tokens + 9), [False] * (tokens + 9),
                                          tokens, 0, forced, "stop"))
+            on_finish(len(out) - 1, out[-1])
         return out
 
 
@@ -330,12 +335,14 @@ def test_every_method_on_a_scripted_engine(scripted, tmp_path, capsys):
     assert r["majority"]["scaling"] == pytest.approx(slopes((10, 50), (30, 50), (100, 75)))
     assert r["majority"]["performance"] == 75.0 and r["majority"]["control"] == 100.0
 
-    # greedy requests went together (3 at a time); each sampled one alone, with its own seed
-    greedy = [c for c in engine.calls if c[3] is None]
-    assert {c[2] for c in greedy} == {0.0} and max(c[0] for c in greedy) == 3
-    sampled = [c for c in engine.calls if c[3] is not None]
-    assert len(sampled) == 10 + 7 + 16 and {c[2] for c in sampled} == {1.0}  # rs tries at 30 and 50, 4 x 4 votes
-    assert [c[1] for c in sampled if engine.who[c[3]][0] == "rs"].count(31) == 10  # a natural end at 30 counts
+    # every greedy request went to the engine in its first call, with the first round of the sampled ones;
+    # each sampled request has its own seed
+    requests = [r for call in engine.calls for r in call]
+    greedy = [r for r in requests if r[2] is None]
+    assert {r[1] for r in greedy} == {0.0} and all(r in engine.calls[0] for r in greedy)
+    sampled = [r for r in requests if r[2] is not None]
+    assert len(sampled) == 10 + 7 + 16 and {r[1] for r in sampled} == {1.0}  # rs tries at 30 and 50, 4 x 4 votes
+    assert [r[0] for r in sampled if engine.who[r[2]][0] == "rs"].count(31) == 10  # a natural end at 30 counts
 
     lines = [json.loads(x) for x in (tmp_path / "out/samples.jsonl").read_text().splitlines()]
     rejected = [x for x in lines if x["method"] == "rs" and not x["accepted"]]
@@ -352,7 +359,7 @@ def test_rejection_sampling_caps_its_tries(scripted, tmp_path, capsys):
     p = r["rs"]["settings"]["rs:tokens=30"]
     # tries 1, 2, then two capped problems: counted wrong, their thinking left out of the mean
     assert (p["tries_mean"], p["capped"], p["accuracy"], p["thinking_tokens_mean"]) == (1.75, 2, 25.0, 20.0)
-    assert len(engine.calls) == 7
+    assert [len(call) for call in engine.calls] == [4, 3]  # a round of first tries, then the retries
     # a budget no try can meet: the samples are kept, the run says so in one line and exits 2
     with pytest.raises(SystemExit) as e:
         scripted("--methods", "rs", "--budgets", "10", out="none", max_tries=2)
@@ -374,7 +381,7 @@ def test_every_method_resumes_after_a_crash(scripted, tmp_path):
         assert again == full, cut
         redone = [json.loads(x) for x in (crashed / "samples.jsonl").read_text().splitlines()]
         assert len(redone) == len(lines)
-        assert sum(c[0] for c in engine.calls) == len(lines) - cut  # only what the crash lost
+        assert sum(map(len, engine.calls)) == len(lines) - cut  # only what the crash lost
 
 
 # -----------------------------------------------------------------------------
@@ -475,6 +482,13 @@ def test_end_to_end_then_resume(tmp_path, monkeypatch, capsys):
         assert r["control"] == 100.0
         assert r["performance"] == max(p["accuracy"] for p in r["settings"].values())
     assert "Control 100.0%" in capsys.readouterr().out
+
+    # the whole sweep decoded 3 at a time, rows joining as others ended, gives what each sample gives alone
+    ev.main([*argv[:argv.index("--out")], "--out", str(tmp_path / "alone"), *argv[argv.index("--out") + 2:],
+             "--batch-size", "1"])
+    alone = {(s["task"], s["setting"], s["id"]): s["response"] for s in read_jsonl(tmp_path / "alone/samples.jsonl")}
+    assert alone == {(s["task"], s["setting"], s["id"]): s["response"] for s in samples}
+    capsys.readouterr()
 
     # rerun: everything is done, so the model is never even loaded and nothing changes
     before = (out / "samples.jsonl").read_bytes()
