@@ -61,7 +61,7 @@ CPU = dict(decode_shape="0.5B", decode_batch="1", workload_shape="cpu-small", wo
 GPU = dict(decode_shape="1.5B", decode_batch="1,16", workload_shape="0.5B,1.5B", workload="256,64",
            train_shape="1.5B", train_seq="16384",
            checkpointing="on", loss_seq="32768", skip="")
-PARTS = {"decode", "train", "loss", "parity"}
+PARTS = {"decode", "workload", "train", "loss", "parity"}
 BANDWIDTH_PASSES = 8  # reads of the bandwidth matrix per timed round: sustained, as decoding reads
 PROMPT_LEN = 16
 SHORT_GEN = (16, 32)  # tokens most rows of the workload generate; an eighth generate 8-16 times as many
@@ -355,7 +355,9 @@ def bench_workload(args, device, dtype, bandwidth) -> list[dict]:
             engine_run(model, prompts[:batch], list(range(1, batch + 1)), batch, compile=True,
                        max_len=max(map(len, prompts)) + max(lengths))  # the same page tables as the timed run
         rows = {}
-        for name in ["engine.py"] + ["engine.py --compile"] * args.compile + [STATIC, "transformers generate"]:
+        names = ["engine.py"] + ["engine.py --compile"] * args.compile + [STATIC, "transformers generate"]
+        # On a shared CPU, REPEATS alternating rounds and the fastest of each counts; every round is kept.
+        for name in [n for _ in range(REPEATS if device.type == "cpu" else 1) for n in names]:
             sync(device)
             t0, steps, kv_slots, prefill_s = time.perf_counter(), 0, 0, None
             if name.startswith("engine.py"):
@@ -376,9 +378,12 @@ def bench_workload(args, device, dtype, bandwidth) -> list[dict]:
             sync(device)
             dt = time.perf_counter() - t0
             roofline = bandwidth / weight_bytes_per_token(model) * useful / steps  # tokens/s, reading weights only
-            rows[name] = dict(shape=shape, engine=name, tokens_per_s=useful / dt, steps=steps, batch=useful / steps,
-                              roofline_share=useful / dt / roofline, kv_peak_gb=kv_slots * per_token / 1e9,
-                              prefill_share=prefill_s and prefill_s / dt)
+            rounds = rows[name]["rounds_tokens_per_s"] if name in rows else []
+            if not rounds or useful / dt > max(rounds):
+                rows[name] = dict(shape=shape, engine=name, tokens_per_s=useful / dt, steps=steps, batch=useful / steps,
+                                  roofline_share=useful / dt / roofline, kv_peak_gb=kv_slots * per_token / 1e9,
+                                  prefill_share=prefill_s and prefill_s / dt)
+            rows[name]["rounds_tokens_per_s"] = rounds + [useful / dt]
             print(f"  workload {shape} {name:24s} {useful / dt:9.1f} tok/s, {steps} steps, "
                   f"KV peak {kv_slots * per_token / 1e9:.3f} GB", flush=True)
         for r in rows.values():
@@ -587,13 +592,14 @@ def markdown(res) -> str:
         lines += [f"\nAn evaluation-like workload, {res['dtype']}: {n} prompts of {PROMPT_LEN}-{2 * PROMPT_LEN} "
                   f"tokens, most generating {SHORT_GEN[0]}-{SHORT_GEN[1]} tokens and an eighth 8-16x as many, at most "
                   f"{batch} decoded together (transformers and the static cache: in static batches of that size). "
-                  "Tokens/s counts the tokens asked for; the roofline is weight reads alone at the mean batch of the "
-                  "steps\n",
+                  "Tokens/s counts the tokens asked for (the fastest round; every round's in brackets); the roofline "
+                  "is weight reads alone at the mean batch of the steps\n",
                   "| shape | engine | tokens/s | vs transformers | vs static | mean batch | roofline share | "
                   "KV peak GB | KV vs static | prefill share |", "|---|---|---|---|---|---|---|---|---|---|"]
         for r in res["workload"]:
             prefill = "" if r["prefill_share"] is None else f"{r['prefill_share']:.1%}"
-            lines.append(f"| {r['shape']} | {r['engine']} | {r['tokens_per_s']:.1f} | {r['vs_transformers']:.2f}x | "
+            every = ", ".join(f"{x:.0f}" for x in r["rounds_tokens_per_s"])
+            lines.append(f"| {r['shape']} | {r['engine']} | {r['tokens_per_s']:.1f} ({every}) | {r['vs_transformers']:.2f}x | "
                          f"{r['vs_static']:.2f}x | {r['batch']:.1f} | {r['roofline_share']:.0%} | "
                          f"{r['kv_peak_gb']:.3f} | {r['kv_vs_static']:.2f}x | {prefill} |")
     if "train" in res:
@@ -689,8 +695,8 @@ def main():
           f"({res['peak_flops_source']})", flush=True)
     if "decode" not in skip:
         res["decode"], res["decode_info"], res["bandwidth"] = bench_decode(args, device, dtype, res["bandwidth"])
-        if args.workload != "0":
-            res["workload"] = bench_workload(args, device, dtype, res["bandwidth"])
+    if "workload" not in skip and args.workload != "0":
+        res["workload"] = bench_workload(args, device, dtype, res["bandwidth"])
     if "train" not in skip:
         res["train"] = bench_train(args, device, dtype, res["peak_flops"])
     if "loss" not in skip:

@@ -70,7 +70,7 @@ def test_every_part_runs_and_reports(tmp_path):
 
 
 def test_bad_input_is_one_line_and_exit_2():
-    cases = [(["--skip", "decode,bogus"], "the parts are decode,loss,parity,train")]
+    cases = [(["--skip", "decode,bogus"], "the parts are decode,loss,parity,train,workload")]
     if not torch.cuda.is_available():  # with a GPU, --gpu is the GPU check itself
         cases.append((["--gpu"], "needs a CUDA device"))
     for args, fragment in cases:
