@@ -133,9 +133,12 @@ def test_completions_continue_the_prompt_as_it_is_and_stop_strings_cut_the_answe
     think = "<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\n<|im_start|>think"
     plain = ("<|im_start|>Once upon", ids(" a time<|x") + [IM_END])
     thinking = (think, ids("a") + [IM_END] + [0] * 3 + ids("b") + [IM_END] + [0] * 6 + ids(" x. y. z.") + [IM_END])
-    _, app = scripted(tok, [plain, thinking])
+    utf8 = ("<|im_start|>Say", list(" café €".encode()) + [IM_END])  # characters of 2 and 3 byte tokens
+    _, app = scripted(tok, [plain, thinking, utf8])
     with running(app) as url:
         c = client(url)
+        pieces = [ch.choices[0].text for ch in c.completions.create(model="s1", prompt=utf8[0], stream=True)]
+        assert "".join(pieces) == " café €" and not any("\ufffd" in p for p in pieces), pieces  # whole characters
         g = alone(tok, *plain, raw=True, wait=1)
         r = c.completions.create(model="s1", prompt=plain[0], max_tokens=30, extra_body=dict(wait=1))
         assert r.choices[0].text == g.text == " a time<|x" and r.usage.completion_tokens == len(g.token_ids)
