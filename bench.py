@@ -520,7 +520,8 @@ def bench_serve(args, device, dtype) -> dict:
     for name, (seconds, tokens) in ((name, min(r)) for name, r in runs.items()):
         out["rows"][name] = dict(seconds=seconds, tokens=tokens, requests_per_s=args.serve / seconds,
                                  tokens_per_s=tokens / seconds)
-    out["served_vs_direct"] = out["rows"]["serve.py, streamed"]["tokens_per_s"] / out["rows"]["Sampler"]["tokens_per_s"]
+    rows = out["rows"]
+    out["served_vs_direct"] = rows["serve.py, streamed"]["tokens_per_s"] / rows["Sampler"]["tokens_per_s"]
     return out
 
 

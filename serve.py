@@ -6,22 +6,20 @@ An OpenAI-compatible HTTP server for sample.py's Sampler, with s1's budget forci
         '{"messages": [{"role": "user", "content": "How many r in raspberry?"}], "max_thinking_tokens": 512, "wait": 1}'
 
 Endpoints: POST /v1/completions and /v1/chat/completions (server-sent events with "stream": true), GET
-/v1/models, /health, and / (serve.html: ask a question, watch the thinking, the Waits and the answer).
-Budget forcing rides on extra request fields with sample.py's names and meanings: max_thinking_tokens (an
-int or "auto"), wait, wait_str (and top_k). Chat messages go through the chat template, then
-<|im_start|>think, as sample.py builds a prompt, so greedy output is sample.py's token for token;
-/v1/completions continues its prompt as it is (sample.py --raw), forcing only if it ends inside a think
-block (as s1's evaluation sent them). A chat reply keeps the thinking ("reasoning_content", as reasoning-model
-APIs name it) apart from the answer; usage counts thinking tokens, Waits and whether the budget cut the
-thinking (forced_answer); streamed text that budget forcing wrote carries "forced": true.
+/v1/models, /health, and / (serve.html). Budget forcing rides on extra request fields with sample.py's names
+and meanings: max_thinking_tokens (an int or "auto"), wait, wait_str (and top_k). Chat messages go through
+the chat template, then <|im_start|>think, as in sample.py, so greedy output is sample.py's token for token;
+/v1/completions continues its prompt as written (sample.py --raw), forcing only if it ends inside a think
+block. A chat reply keeps the thinking ("reasoning_content", as reasoning-model APIs name it) apart from the
+answer; usage counts thinking tokens, Waits and whether the budget cut the thinking (forced_answer);
+streamed text that budget forcing wrote carries "forced": true.
 
-One thread, the engine loop, owns the Sampler and steps it; between two steps it takes new requests into
-the batch and drops those whose client went away. Beyond --batch-size rows requests wait; beyond
---max-queue more, the answer is 429. Defaults are s1's, not OpenAI's: temperature 0 (greedy), max_tokens
-the whole context. Stop strings end the answer only (a "\\n\\n" would otherwise end the thinking at once).
-What it leaves out: logprobs, echo, n > 1, several prompts in one request (send several requests: they
-join one batch), tools, token ids as prompts, authentication (it listens on 127.0.0.1 unless --host says
-otherwise), and compiling before the first request (with --compile the first steps are slow).
+One thread, the engine loop, owns the Sampler: between two steps it takes new requests into the batch and
+drops those whose client went away. Past --batch-size rows requests wait; past --max-queue more, 429.
+Defaults are s1's: temperature 0 (greedy), max_tokens the whole context. Stop strings end the answer only
+(a "\\n\\n" would otherwise end the thinking at once). What it leaves out: logprobs, echo, n > 1, several
+prompts in one request (send several requests: they join one batch), tools, token ids as prompts,
+authentication (it listens on 127.0.0.1 unless --host says otherwise), compiling ahead of the first request.
 """
 
 import argparse
