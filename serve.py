@@ -338,13 +338,13 @@ def deliver(items):
 
 
 class Api:
-    """The handlers: check a request, hand its prompts to the engine loop, turn what comes back into OpenAI's
+    """The handlers: check a request, hand its prompt to the engine loop, turn what comes back into OpenAI's
     replies. They all run on the one asyncio event loop, so `active` needs no lock."""
 
     def __init__(self, engine: EngineLoop, name: str, max_queue: int, max_body_mb: float):
         self.engine, self.tokenizer, self.name = engine, engine.sampler.tokenizer, name
         self.limit, self.max_body_mb = engine.sampler.engine.batch_size + max_queue, max_body_mb
-        self.active = 0  # prompts in flight
+        self.active = 0  # requests in flight (running or waiting for a row)
         self.card = dict(id=name, object="model", created=int(time.time()), owned_by="s1",
                          max_model_len=engine.sampler.model.config.max_position_embeddings)
         with open(PAGE) as f:
