@@ -74,6 +74,9 @@ REPEATS = 2  # best of, for decode and training; ours and the reference alternat
 TRAIN_STEPS = 2  # timed training steps, after one warm-up step
 LOSS_HIDDEN = 64
 LOSS_CHUNK = 1024  # train.py's --loss-chunk default
+SERVE_TOKENS = 128  # per request of the serving benchmark
+SERVE_TOKENIZER = "Qwen/Qwen2.5-0.5B-Instruct"  # its chat template and special tokens; the weights are random
+SERVE_KV_GB = 2.0  # the KV cache of both paths: the server's must hold one request of the whole context
 ADAMW = dict(lr=1e-5, betas=(0.9, 0.95), weight_decay=1e-4)  # s1's
 
 
@@ -567,6 +570,100 @@ def bench_parity(args, device) -> dict:
 
 
 # -----------------------------------------------------------------------------
+# Serving: serve.py's HTTP layer against the Sampler called directly
+
+
+def bench_serve(args, device, dtype) -> dict:
+    """
+    args.serve chat requests at once, each streamed by its own client through serve.py (uvicorn in a
+    thread, the clients on an asyncio loop in this process, so their cost counts against the server),
+    against the same questions submitted to a Sampler directly, as the server's is made (the whole context
+    as max_len, its KV cache made before the clock starts). Greedy and random weights: both decode the same
+    tokens, and hardly a row ends before max_tokens. Best of REPEATS, alternating; one Sampler at a time
+    (an engine puts its KV cache in the model's layers).
+    """
+    import asyncio
+    import socket
+    import threading
+
+    import httpx
+    import uvicorn
+    from transformers import AutoTokenizer
+
+    import serve
+    from sample import Sampler, run_all
+
+    tokenizer = AutoTokenizer.from_pretrained(args.serve_tokenizer)
+    model = our_model(config(args.decode_shape), device, dtype).eval()
+    questions = [f"What is {i} plus {2 * i + 1}?" for i in range(args.serve)]
+    forcing = dict(wait=1, max_thinking_tokens=args.serve_tokens // 2)  # forced tokens in every row
+    common = dict(batch_size=args.serve, kv_cache_gb=SERVE_KV_GB, compile=args.compile)
+
+    async def ask(http, url, question):
+        body = dict(messages=[{"role": "user", "content": question}], max_tokens=args.serve_tokens, stream=True,
+                    stream_options={"include_usage": True}, **forcing)
+        async with http.stream("POST", url, json=body) as r:
+            async for line in r.aiter_lines():
+                if line.startswith('data: {"id"') and '"usage"' in line:
+                    return json.loads(line[6:])["usage"]["completion_tokens"]
+        raise RuntimeError(f"no usage at the end of the stream; the last line: {line}")
+
+    async def ask_all(url):
+        async with httpx.AsyncClient(timeout=None, limits=httpx.Limits(max_connections=args.serve)) as http:
+            return await asyncio.gather(*(ask(http, url, q) for q in questions))
+
+    def served() -> tuple[float, int]:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        server = uvicorn.Server(uvicorn.Config(serve.make_app(model, tokenizer, "bench", max_queue=0, **common),
+                                               log_level="warning"))
+        thread = threading.Thread(target=server.run, kwargs=dict(sockets=[sock]))
+        thread.start()
+        try:
+            while not server.started:
+                time.sleep(0.05)
+            t0 = time.perf_counter()
+            tokens = asyncio.run(ask_all(f"http://127.0.0.1:{sock.getsockname()[1]}/v1/chat/completions"))
+            return time.perf_counter() - t0, sum(tokens)
+        finally:
+            server.should_exit = True
+            thread.join()
+
+    def direct() -> tuple[float, int]:
+        """In a thread of its own, as the server's engine loop steps it: on this project's 2-core CPU the very
+        same steps took twice as long in the main thread (cause not found)."""
+        out = []
+
+        def run():
+            with Sampler(model, tokenizer, max_len=model.config.max_position_embeddings, **common) as sampler:
+                ids = [sampler.submit(q, max_new_tokens=args.serve_tokens, **forcing) for q in questions]
+                sampler.start()
+                t0 = time.perf_counter()
+                gens = run_all(sampler, ids)
+                out.append((time.perf_counter() - t0, sum(len(g.token_ids) for g in gens)))
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        thread.join()
+        return out[0]
+
+    runs = {"Sampler": [], "serve.py, streamed": []}
+    for _ in range(REPEATS):
+        runs["Sampler"].append(direct())
+        runs["serve.py, streamed"].append(served())
+        assert runs["serve.py, streamed"][-1][1] == runs["Sampler"][-1][1], "not the same tokens"
+        print(f"  serve {args.serve} requests: Sampler {runs['Sampler'][-1][0]:.2f} s, "
+              f"serve.py {runs['serve.py, streamed'][-1][0]:.2f} s", flush=True)
+    out = dict(shape=args.decode_shape, requests=args.serve, max_tokens=args.serve_tokens, rows={})
+    for name, (seconds, tokens) in ((name, min(r)) for name, r in runs.items()):
+        out["rows"][name] = dict(seconds=seconds, tokens=tokens, requests_per_s=args.serve / seconds,
+                                 tokens_per_s=tokens / seconds)
+    rows = out["rows"]
+    out["served_vs_direct"] = rows["serve.py, streamed"]["tokens_per_s"] / rows["Sampler"]["tokens_per_s"]
+    return out
+
+
+# -----------------------------------------------------------------------------
 # Report
 
 
@@ -628,6 +725,13 @@ def markdown(res) -> str:
         for r in res["loss"]:
             cell = [r[k].get("error") or f"{r[k]['extra_gb']:.2f}" for k in ("fused", "full")]
             lines.append(f"| {r['seq']} | {cell[0]} | {cell[1]} |")
+    if "serve" in res:
+        r = res["serve"]
+        lines += [f"\nServing, {r['shape']} shape, {res['dtype']}: {r['requests']} concurrent chat requests of "
+                  f"{r['max_tokens']} tokens (one Wait, a thinking budget of half)\n",
+                  "| path | requests/s | tokens/s |", "|---|---|---|"]
+        lines += [f"| {k} | {x['requests_per_s']:.2f} | {x['tokens_per_s']:.1f} |" for k, x in r["rows"].items()]
+        lines.append(f"\nserve.py's tokens/s / the Sampler's: {r['served_vs_direct']:.2f}")
     if "parity" in res:
         lines += [f"\nbf16 logits against fp32 (2 x {PARITY_SEQ} random tokens)\n", "| comparison | value |", "|---|---|"]
         lines += [f"| {k} | {v:.3g} |" for k, v in res["parity"].items()]
@@ -655,6 +759,10 @@ def main():
     p.add_argument("--skip", help="comma-separated parts to leave out: decode,train,loss,parity "
                    "(CPU default parity; --skip '' runs all four)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--serve", type=int, default=0, help="also N concurrent streaming requests through serve.py "
+                   "against sample.py's Sampler called directly (the decode shape; default 0: off)")
+    p.add_argument("--serve-tokens", type=int, default=SERVE_TOKENS, help="max_tokens of each --serve request")
+    p.add_argument("--serve-tokenizer", default=SERVE_TOKENIZER, help="a chat tokenizer (hub id or directory)")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--child", help=argparse.SUPPRESS)  # one training/loss measurement, in its own process
     args = p.parse_args()
@@ -703,6 +811,8 @@ def main():
         res["loss"] = bench_loss(args, device, dtype)
     if "parity" not in skip:
         res["parity"] = bench_parity(args, device)
+    if args.serve:
+        res["serve"] = bench_serve(args, device, dtype)
     res["machine"]["load_after"] = [round(x, 1) for x in os.getloadavg()]
     print("\n" + markdown(res))
     if args.json:
