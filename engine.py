@@ -229,6 +229,9 @@ class Engine:
             raise CacheTooSmall(f"the KV cache is too small: {given} holds {(n_pages - 1) * page_size} tokens, but "
                                 f"a sequence may grow to {self.max_len} (its prompt and max_new_tokens); the smallest "
                                 f"that works is --kv-cache-gb {gb_at_least(need):g}")
+        if any(layer.self_attn.kv_cache is not None for layer in model.model.layers):  # the caches live in the model
+            raise RuntimeError("this model already holds a KV cache (another Engine's, or setup_cache()'s); "
+                               "close that first")
         # (layers, 2, n_kv, slots, hd): K and V of every layer. Zeros: even a masked-out slot must not be NaN.
         self.kv = torch.zeros(cfg.num_hidden_layers, 2, cfg.num_key_value_heads, n_pages * page_size, cfg.head_dim,
                               dtype=p.dtype, device=p.device)
