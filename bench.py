@@ -3,15 +3,18 @@ Benchmarks against the references, side by side in one run, on random weights of
 downloads): (1) decoding with sample.py's engine against transformers' generate, and the share of the
 memory-bandwidth roofline it reaches (bandwidth measured in the same run); (2) a training step of
 model.py (fused head + loss) + AdamW against transformers' Qwen2ForCausalLM with the same optimizer;
-(3) the memory of the loss at a long sequence, fused in chunks against full logits. Every ratio compares
-numbers measured here, now; results go to BENCHMARKS.md by hand.
+(3) the memory of the loss at a long sequence, fused in chunks against full logits; (4) bf16 logits against
+fp32; (5) train.py's FSDP2 step (1 process) with each --offload choice side by side, tokens/s relative to
+no offload, and memory.py's estimate against the measured peak. Every ratio compares numbers measured
+here, now; results go to BENCHMARKS.md by hand.
 
     python bench.py                                    # CPU, fp32: decode at batch 1, training at T=1024,4096, loss
     python bench.py --decode-batch 1,16 --json bench.json
     python bench.py --skip decode                      # CPU: the training step and the loss memory only
     python bench.py --gpu --json bench-gpu.json        # one GPU (H200: a few minutes): compiled decode vs the
                                                        # HBM roofline, training MFU of a 1.5B shape at T=16384
-                                                       # with activation checkpointing in bf16, bf16 vs fp32 logits
+                                                       # with activation checkpointing in bf16, bf16 vs fp32 logits,
+                                                       # offload at 0.5B/1.5B, T=16384: estimate vs max_memory_allocated
     python bench.py --skip '' --decode-shape smoke --train-shape smoke --train-seq 64 --loss-seq 256 --compile
                                                        # every part in a minute on a tiny shape (tests/test_bench.py)
 
@@ -37,6 +40,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from memory import OFFLOADS, run_estimates
 from model import Qwen2, Qwen2Config, linear_cross_entropy, num_params
 from sample import Row, decode, weight_bytes_per_token
 from train import PEAK_BF16_FLOPS, training_flops
@@ -53,10 +57,10 @@ SHAPES = {  # hidden, layers, heads, kv heads, head_dim, mlp
     "smoke": (64, 2, 4, 2, 16, 128),  # seconds for every part: the test that the script runs end to end
 }
 CPU = dict(decode_shape="0.5B", decode_batch="1", train_shape="cpu-small", train_seq="1024,4096",
-           checkpointing="off", loss_seq="4096,32768", skip="parity")
+           checkpointing="off", loss_seq="4096,32768", skip="parity", offload_shapes="cpu-small", offload_seq=1024)
 GPU = dict(decode_shape="1.5B", decode_batch="1,16", train_shape="1.5B", train_seq="16384",
-           checkpointing="on", loss_seq="32768", skip="")
-PARTS = {"decode", "train", "loss", "parity"}
+           checkpointing="on", loss_seq="32768", skip="", offload_shapes="0.5B,1.5B", offload_seq=16384)
+PARTS = {"decode", "train", "loss", "parity", "offload"}
 BANDWIDTH_PASSES = 8  # reads of the bandwidth matrix per timed round: sustained, as decoding reads
 PROMPT_LEN = 16
 MATMULS = "matmuls alone"  # the decode row of run_matmuls: the weights' matrix products and nothing else
@@ -429,6 +433,38 @@ def bench_parity(args, device) -> dict:
 
 
 # -----------------------------------------------------------------------------
+# (5) The training step with each offload choice, and the memory estimate against the measured peak
+
+
+def bench_offload(args, device, dtype) -> list[dict]:
+    """
+    memory.py's step (train.py's: FSDP2, checkpointing, fused loss, AdamW; 1 process, 2 micro-batches) with
+    each offload choice, each in its own process, one after another; the estimates of the same runs at
+    once. Measured peak: torch.cuda.max_memory_allocated on a GPU; on a CPU RSS, which also holds the
+    "offloaded" copies (there they land in the same memory), so only no offload compares there.
+    """
+    results = []
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")  # RSS then follows the live tensors (memory.py)
+    for shape in args.offload_shapes.split(","):
+        spec = dict(config=config(shape).to_hf(), seq_len=args.offload_seq, dtype=str(dtype).replace("torch.", ""))
+        estimates = run_estimates([dict(spec, world=1, accum=2, offload=o) for o in OFFLOADS])
+        for offload, est in zip(OFFLOADS, estimates):
+            r = dict(shape=shape, seq=args.offload_seq, offload=offload, estimate_gb=est["gpu"] / 1e9)
+            try:
+                (m,) = run_estimates([dict(spec, offload=offload, steps=TRAIN_STEPS, device=device.type)], "measure", env)
+                none = results[-OFFLOADS.index(offload)] if offload != "none" else m
+                r.update(tokens_per_s=m["tokens_per_s"], peak_gb=m["peak"] / 1e9, estimate_vs_measured=est["gpu"] / m["peak"],
+                         speed_vs_none=m["tokens_per_s"] / none.get("tokens_per_s", float("nan")))
+            except RuntimeError as e:
+                r["error"] = str(e)
+            print(f"  offload {shape} T={args.offload_seq} {offload:22s} " + (r.get("error") or
+                  f"{r['tokens_per_s']:9.1f} tok/s  peak {r['peak_gb']:6.2f} GB  estimate {r['estimate_gb']:6.2f} GB"),
+                  flush=True)
+            results.append(r)
+    return results
+
+
+# -----------------------------------------------------------------------------
 # Report
 
 
@@ -475,6 +511,16 @@ def markdown(res) -> str:
         for r in res["loss"]:
             cell = [r[k].get("error") or f"{r[k]['extra_gb']:.2f}" for k in ("fused", "full")]
             lines.append(f"| {r['seq']} | {cell[0]} | {cell[1]} |")
+    if "offload" in res:
+        lines += [f"\nTraining step (memory.py: train.py's FSDP2 step, 1 process, 2 micro-batches, checkpointing, "
+                  f"{res['dtype']}) with each --offload choice; estimate: memory.py's, of GPU memory"
+                  + (" (on a CPU the measured RSS also holds the offloaded copies)\n" if res["dtype"] == "float32" else "\n"),
+                  "| shape | T | offload | tokens/s | vs none | peak GB, measured | estimate GB | estimate / measured |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in res["offload"]:
+            lines.append(f"| {r['shape']} | {r['seq']} | {r['offload']} | " + (f"{r['error']} | | | | |" if "error" in r else
+                         f"{r['tokens_per_s']:.0f} | {r['speed_vs_none']:.2f}x | {r['peak_gb']:.2f} | "
+                         f"{r['estimate_gb']:.2f} | {r['estimate_vs_measured']:.2f} |"))
     if "parity" in res:
         lines += [f"\nbf16 logits against fp32 (2 x {PARITY_SEQ} random tokens)\n", "| comparison | value |", "|---|---|"]
         lines += [f"| {k} | {v:.3g} |" for k, v in res["parity"].items()]
@@ -495,8 +541,10 @@ def main():
     p.add_argument("--loss-chunk", type=int, default=LOSS_CHUNK, help="tokens per chunk of our loss")
     p.add_argument("--loss-seq", help="comma-separated sequence lengths for the loss memory")
     p.add_argument("--loss-hidden", type=int, default=LOSS_HIDDEN)
-    p.add_argument("--skip", help="comma-separated parts to leave out: decode,train,loss,parity "
-                   "(CPU default parity; --skip '' runs all four)")
+    p.add_argument("--skip", help="comma-separated parts to leave out: decode,train,loss,parity,offload "
+                   "(CPU default parity; --skip '' runs all five)")
+    p.add_argument("--offload-shapes", help="comma-separated shapes for the offload rows (CPU cpu-small; GPU 0.5B,1.5B)")
+    p.add_argument("--offload-seq", type=int, help="tokens per sequence of the offload rows (CPU 1024; GPU 16384)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--child", help=argparse.SUPPRESS)  # one training/loss measurement, in its own process
@@ -541,6 +589,8 @@ def main():
         res["loss"] = bench_loss(args, device, dtype)
     if "parity" not in skip:
         res["parity"] = bench_parity(args, device)
+    if "offload" not in skip:
+        res["offload"] = bench_offload(args, device, dtype)
     res["machine"]["load_after"] = [round(x, 1) for x in os.getloadavg()]
     print("\n" + markdown(res))
     if args.json:

@@ -259,3 +259,26 @@ def test_torchrun_sh_commands():
                        timeout=30)
     assert ("srun --nodes=2 --ntasks-per-node=1 torchrun --nnodes=2 --nproc_per_node=8 --rdzv_id=42 "
             "--rdzv_backend=c10d --rdzv_endpoint=node0:29500 train.py --resume") in r.stderr
+
+
+def test_every_offload_choice_gives_the_plain_runs_steps_and_resumes(setup, tmp_path):
+    # Offload moves tensors, never changes a number: 2 processes, fp32, checkpointed blocks (whose inputs
+    # activation offload moves). A checkpoint holds the optimizer's state, which the last choice keeps in
+    # host memory: it stops after step 2 and resumes from its checkpoint.
+    def run(out, choice, *extra):
+        return torchrun(base_args(setup, out, "--offload", choice, "--activation-checkpointing", "on", *extra))
+    plain = tmp_path / "none"
+    r = run(plain, "auto")
+    assert "offload: none (auto: on a CPU there is no GPU memory to save)" in r.stdout
+    ref = log(plain)
+    for choice in ("activations", "optimizer", "optimizer+activations"):
+        out = tmp_path / choice
+        if choice == "optimizer+activations":
+            run(out, choice, "--stop-at-step", "2")
+            run(out, choice, "--resume")
+        else:
+            run(out, choice)
+        got = log(out)
+        assert [r["step"] for r in got] == [1, 2, 3, 4], choice
+        for a, b in zip(ref, got):
+            assert abs(a["loss"] - b["loss"]) <= 1e-5 and abs(a["grad_norm"] - b["grad_norm"]) <= 1e-5, (choice, a, b)
