@@ -35,7 +35,7 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
-from model import Qwen2, Qwen2Config, load_config, num_params
+from model import CheckpointError, Qwen2, Qwen2Config, load_config, num_params
 
 OFFLOADS = ("none", "activations", "optimizer", "optimizer+activations")  # auto tries them in this order
 HEADROOM = 0.05  # a run fits when its estimated peak leaves this share of the GPU free
@@ -47,7 +47,8 @@ SIZES = ("0.5B", "1.5B", "3B", "7B", "14B", "32B", "72B")
 WORLDS = (1, 8, 16)
 CARDS = (24, 40, 80, 141)
 BLOCKS = (32768, 20000)
-CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shared", "data", "qwen2.5-configs")
+CONFIGS = os.path.join(os.environ.get("S1_SHARED_DATA") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
+                       "shared", "data"), "qwen2.5-configs")  # config.json of every size (the team's shared data)
 
 
 class DoesNotFit(Exception):
@@ -212,14 +213,15 @@ def estimate(config: Qwen2Config, world: int, seq_len: int, micro_batch=1, accum
              checkpointing=True, offload="none", loss_chunk=1024, defer_grad_sync=False) -> dict:
     """
     The peak memory of one GPU in train.py's run of `config` on `world` GPUs: {"gpu": peak bytes, "host":
-    peak bytes of host memory (the offloaded tensors), "rows": {row: bytes at the GPU's peak}, "seconds"}.
+    peak bytes of host memory (the offloaded tensors), "rows": {row: bytes at the GPU's peak}, "seconds",
+    "cpu_seconds"}.
     Nothing is read but the config; every tensor is a shape on a fake device.
     """
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     use_fake_gpu()
     dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world)
     try:
@@ -250,7 +252,7 @@ def estimate(config: Qwen2Config, world: int, seq_len: int, micro_batch=1, accum
     host = next((v for d, v in peak.items() if d.type == "cpu"), {})
     named = {k.value if hasattr(k, "value") else k: v for k, v in gpu.items()}
     return dict(gpu=gpu.get("Total", 0), host=host.get("Total", 0), seconds=time.perf_counter() - t0,
-                rows={row: sum(named.get(k, 0) for k in keys) for row, keys in ROWS.items()})
+                cpu_seconds=time.process_time() - cpu0, rows={row: sum(named.get(k, 0) for k in keys) for row, keys in ROWS.items()})
 
 
 def fits(peak_bytes: float, gpu_gb: float) -> bool:
@@ -277,6 +279,18 @@ def estimates_until_fit(spec: dict, choice: str, gpu_gb: float) -> dict:
     return out
 
 
+def config_dir(path_or_repo_id: str) -> str:
+    """A directory with the model's config.json: a local one as it is; from the hub, config.json alone (kB)."""
+    if os.path.isdir(path_or_repo_id):
+        return path_or_repo_id
+    try:
+        from huggingface_hub import hf_hub_download
+        return os.path.dirname(hf_hub_download(path_or_repo_id, "config.json"))
+    except Exception as e:
+        raise CheckpointError(f"{path_or_repo_id}: could not read its config.json ({type(e).__name__}); give a local "
+                         "checkpoint or config directory") from None
+
+
 def estimate_spec(spec: dict) -> dict:
     """estimate() from a JSON-able spec (config as a Hugging Face dict), as the child processes take it."""
     s = dict(spec)
@@ -298,6 +312,25 @@ def run_estimates(specs: list[dict], task="estimate", env=None) -> list[dict]:
             raise RuntimeError(f"memory {task} failed: {(err.strip().splitlines() or ['?'])[-1]}")
         results.append(json.loads(out.strip().splitlines()[-1]))
     return results
+
+
+def gpu_memory_gb(given: float | None) -> float:
+    """The GPU memory to fit in: as given, else this machine's GPU's, else an 80 GB card's."""
+    if given:
+        return given
+    return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / GB if \
+        torch.cuda.is_available() else 80.0
+
+
+def print_estimate(spec: dict, name: str, choice: str, gpu_gb: float):
+    """train.py --estimate-memory: what is estimated, the table, the verdict."""
+    with torch.device("meta"):
+        n = num_params(Qwen2(Qwen2Config.from_hf(spec["config"])))
+    size = f"{n / 1e9:.2f}B" if n >= 1e8 else f"{n / 1e6:.1f}M"
+    print(f"estimating {name} ({size} params) on {spec['world']} GPUs of {gpu_gb:g} GB: {spec['seq_len']} "
+          f"tokens a sequence, micro-batch {spec['micro_batch']} x {spec['accum']} accumulation, {spec['dtype']}, "
+          f"checkpointing {'on' if spec['checkpointing'] else 'off'}, --offload {choice}", flush=True)
+    print("\n".join(report(estimates_until_fit(spec, choice, gpu_gb), gpu_gb, choice, spec["world"])))
 
 
 def report(estimates: dict, gpu_gb: float, choice: str, world: int) -> list[str]:
@@ -469,7 +502,7 @@ def table(path: str, sizes=SIZES, worlds=WORLDS, blocks=BLOCKS, say=print) -> di
                         done[key] = estimate(config, world, block, accum=max(1, 16 // world), offload=offload)
                         atomic_write(path, lambda p: dump_json(done, p))
                         say(f"{key}: {done[key]['gpu'] / GB:.1f} GB per GPU, host {done[key]['host'] / GB:.1f} GB "
-                            f"({done[key]['seconds']:.0f}s)")
+                            f"({done[key]['seconds']:.0f}s, {done[key]['cpu_seconds']:.0f}s of CPU)", flush=True)
                     if fits(done[key]["gpu"], min(CARDS)):
                         break
     return done

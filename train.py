@@ -37,8 +37,8 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 
 from data import IGNORE, DataError, collate, describe_truncation, epoch_order, global_batch_ids, load_sft_data, \
     rank_micro_batches, steps_per_epoch
-from memory import OFFLOADS, DoesNotFit, choose_offload, estimates_until_fit, offloaded_activations, report, \
-    shard
+from memory import OFFLOADS, DoesNotFit, choose_offload, config_dir, gpu_memory_gb, offloaded_activations, \
+    print_estimate, shard
 from model import CheckpointError, Qwen2, Qwen2Config, check_checkpoint, load_config, num_params, \
     resolve_checkpoint, safetensors_files, save_hf_checkpoint
 
@@ -144,9 +144,8 @@ class TrainError(Exception):
 def setup_distributed():
     """NCCL on GPUs, gloo on CPU. Under torchrun the environment says who we are; alone we are 1 of 1."""
     cuda = torch.cuda.is_available()
-    # With the optimizer offloaded, gradient norms and the export gather tensors that live in host memory:
-    # gloo carries those. Growable allocator segments keep what the GPU reserves close to what the
-    # tensors use, which is what the memory estimate counts.
+    # gloo carries what lives in host memory (an offloaded optimizer's gradient norms, the export); growable
+    # allocator segments keep what a GPU reserves close to what its tensors use, which memory.py estimates.
     backend = "cuda:nccl,cpu:gloo" if cuda else "gloo"
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     if "RANK" in os.environ:
@@ -351,7 +350,7 @@ def train(args):
     # Before any weight is read: the offload that fits this run, or a refusal that says what would (memory.py).
     longest = max(len(ids) for ids, _ in examples) - 1  # the longest micro-batch's T
     offload = choose_offload(args.offload, memory_spec(args, config, world, longest), device,
-                             gpu_memory_gb(args, device), say)
+                             gpu_memory_gb(args.gpu_memory_gb), say)
     mesh = init_device_mesh(device.type, (world,))
     model = build_model(args, config, ckpt_dir, mesh, param_dtype, offload)
     n_matmul = num_params(model) - (0 if config.tie_word_embeddings else config.vocab_size * config.hidden_size)
@@ -501,58 +500,29 @@ def train(args):
 
 
 def memory_spec(args, config, world, seq_len) -> dict:
-    """The run as memory.py estimates it."""
     return dict(config=config.to_hf(), world=world, seq_len=seq_len, micro_batch=args.micro_batch,
                 accum=args.global_batch // (world * args.micro_batch), dtype=args.dtype,
                 checkpointing=checkpointing(args), loss_chunk=args.loss_chunk, defer_grad_sync=args.defer_grad_sync)
 
 
-def gpu_memory_gb(args, device) -> float:
-    if args.gpu_memory_gb:
-        return args.gpu_memory_gb
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory / 1e9
-    return 80.0
-
-
 def estimate_memory(args):
-    """--estimate-memory: the table of the run's peak per GPU and the verdict; no GPU, no weights, no process group."""
-    cuda = torch.cuda.is_available()
+    """--estimate-memory: the run's peak per GPU from its config alone; no GPU, weights or processes."""
     world = args.world_size or torch.cuda.device_count() or 8
     if world < 1 or args.global_batch % (world * args.micro_batch):
         raise TrainError(f"--world-size {world}: --global-batch {args.global_batch} must be a multiple of the world "
                          f"size x --micro-batch {args.micro_batch}")
     args.dtype = "bfloat16" if args.dtype == "auto" else args.dtype  # as on a GPU
-    if args.init_from_scratch:
-        from transformers import AutoTokenizer
-        config = scratch_config(args, AutoTokenizer.from_pretrained(args.tokenizer))
-    elif os.path.isdir(args.model):
-        config = load_config(args.model)
-    else:  # a hub id: its config.json alone, a few kB
-        try:
-            from huggingface_hub import hf_hub_download
-            config = load_config(os.path.dirname(hf_hub_download(args.model, "config.json")))
-        except CheckpointError:
-            raise
-        except Exception as e:
-            raise TrainError(f"{args.model}: could not read its config.json ({type(e).__name__}); give a local "
-                             "checkpoint or config directory") from None
-    T, source = args.block_size, f"a sequence of --block-size {args.block_size} tokens"
-    if os.path.exists(args.data):  # a local dataset: its longest sequence, as the run will see it
+    local_data = os.path.exists(args.data)
+    if args.init_from_scratch or local_data:
         from transformers import AutoTokenizer
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
-        examples, _ = load_sft_data(args.data, tokenizer, args.block_size, args.thinking_column, args.answer_column)
-        T = max(len(ids) for ids, _ in examples) - 1
-        source = f"the longest sequence of {args.data} ({T} tokens, block size {args.block_size})"
-    gpu_gb = gpu_memory_gb(args, torch.device("cuda" if cuda else "cpu"))
-    with torch.device("meta"):
-        n = num_params(Qwen2(config))
-    print(f"estimating {os.path.basename(args.model.rstrip('/'))} ({n / 1e9:.2f}B params) on {world} GPUs of "
-          f"{gpu_gb:g} GB: {source}, micro-batch {args.micro_batch} x {args.global_batch // (world * args.micro_batch)}"
-          f" accumulation, {args.dtype}, activation checkpointing {'on' if checkpointing(args) else 'off'}, "
-          f"--offload {args.offload}", flush=True)
-    estimates = estimates_until_fit(memory_spec(args, config, world, T), args.offload, gpu_gb)
-    print("\n".join(report(estimates, gpu_gb, args.offload, world)))
+    config = scratch_config(args, tokenizer) if args.init_from_scratch else load_config(config_dir(args.model))
+    T = args.block_size
+    if local_data:  # the longest sequence, as the run will see it
+        T = max(len(ids) for ids, _ in load_sft_data(args.data, tokenizer, args.block_size, args.thinking_column,
+                                                    args.answer_column)[0]) - 1
+    print_estimate(memory_spec(args, config, world, T), os.path.basename(args.model.rstrip("/")), args.offload,
+                   gpu_memory_gb(args.gpu_memory_gb))
 
 
 def main(argv=None):

@@ -21,8 +21,13 @@ SMALL = Qwen2Config(vocab_size=32000, hidden_size=256, intermediate_size=768, nu
                     num_attention_heads=4, num_key_value_heads=2, head_dim=64)
 
 
-def small_config_dir(path, **change):
-    d = dict(SMALL.to_hf(), **change)
+# For the command line's tests, where the numbers do not matter: an estimate in a second or two.
+TINY = Qwen2Config(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, head_dim=16)
+
+
+def config_dir(path, **change):
+    d = dict(TINY.to_hf(), **change)
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.json").write_text(json.dumps(d))
     return str(path)
@@ -87,27 +92,27 @@ def estimate_cli(*args, capsys):
 
 
 def test_estimate_memory_prints_the_table_and_the_verdict(tmp_path, capsys):
-    cfg = small_config_dir(tmp_path / "small")
+    cfg = config_dir(tmp_path / "tiny")
     out = estimate_cli("--model", cfg, "--world-size", 8, "--block-size", 1024, "--offload", "none",
                        "--gpu-memory-gb", 80, capsys=capsys)
-    assert out[0].startswith("estimating small (0.01B params) on 8 GPUs of 80 GB: a sequence of --block-size 1024")
-    assert "micro-batch 1 x 2 accumulation, bfloat16, activation checkpointing off" in out[0]
+    assert out[0] == ("estimating tiny (0.1M params) on 8 GPUs of 80 GB: 1024 tokens a sequence, micro-batch 1 x 2 "
+                      "accumulation, bfloat16, checkpointing off, --offload none")
     table = {cells[0]: cells[1:] for cells in (re.split(r"\s{2,}", line.strip()) for line in out[1:-2])}
     assert table["GB per GPU, at its peak"] == ["none"]
     peak = float(table["peak per GPU"][0])
     assert out[-1] == f"peak per GPU: {peak:.1f} GB of 80 GB (fits)"
 
     # auto on a card too small for any choice: every choice is estimated, each in its own column.
-    out = estimate_cli("--model", cfg, "--world-size", 8, "--block-size", 1024, "--gpu-memory-gb", 0.05,
+    out = estimate_cli("--model", cfg, "--world-size", 8, "--block-size", 1024, "--gpu-memory-gb", 0.001,
                        capsys=capsys)
     assert re.split(r"\s{2,}", out[1].strip()) == ["GB per GPU, at its peak", *memory.OFFLOADS]
-    assert out[-1].startswith("peak per GPU: ") and out[-1].endswith(" GB of 0.05 GB (does not fit)")
+    assert out[-1].startswith("peak per GPU: ") and out[-1].endswith(" GB of 0.001 GB (does not fit)")
     assert "auto: nothing fits" in out[-2]
 
 
 def test_estimate_memory_last_line_and_exit_code(tmp_path):
     # As a user runs it: a process of its own, exit 0 whether it fits or not, the verdict last.
-    cfg = small_config_dir(tmp_path / "small")
+    cfg = config_dir(tmp_path / "tiny")
     r = subprocess.run([sys.executable, str(ROOT / "train.py"), "--estimate-memory", "--model", cfg, "--world-size",
                         "16", "--block-size", "512", "--offload", "optimizer", "--gpu-memory-gb", "24"],
                        capture_output=True, text=True, timeout=300, cwd=ROOT)
@@ -128,8 +133,8 @@ def test_every_qwen25_config_is_accepted():
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
-    cfg = small_config_dir(tmp_path / "small")
-    refused = small_config_dir(tmp_path / "sliding", use_sliding_window=True)
+    cfg = config_dir(tmp_path / "tiny")
+    refused = config_dir(tmp_path / "sliding", use_sliding_window=True)
     cases = [(["--world-size", "8"], "--world-size is for --estimate-memory"),
              (["--estimate-memory", "--model", cfg, "--world-size", "3"], "must be a multiple of the world size"),
              (["--estimate-memory", "--model", refused, "--world-size", "8"], "sliding-window"),
