@@ -40,7 +40,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from memory import OFFLOADS, run_estimates
+from memory import OFFLOADS, in_processes
 from model import Qwen2, Qwen2Config, linear_cross_entropy, num_params
 from sample import Row, decode, weight_bytes_per_token
 from train import PEAK_BF16_FLOPS, training_flops
@@ -439,28 +439,29 @@ def bench_parity(args, device) -> dict:
 def bench_offload(args, device, dtype) -> list[dict]:
     """
     memory.py's step (train.py's: FSDP2, checkpointing, fused loss, AdamW; 1 process, 2 micro-batches) with
-    each offload choice, each in its own process, one after another; the estimates of the same runs at
-    once. Measured peak: torch.cuda.max_memory_allocated on a GPU; on a CPU RSS, which also holds the
+    each offload choice, one after another in one fresh process, and memory.py's estimate of each.
+    Measured peak: torch.cuda.max_memory_allocated on a GPU; on a CPU RSS, which also holds the
     "offloaded" copies (there they land in the same memory), so only no offload compares there.
     """
     results = []
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")  # RSS then follows the live tensors (memory.py)
     for shape in args.offload_shapes.split(","):
-        spec = dict(config=config(shape).to_hf(), seq_len=args.offload_seq, dtype=str(dtype).replace("torch.", ""))
-        estimates = run_estimates([dict(spec, world=1, accum=2, offload=o) for o in OFFLOADS])
-        for offload, est in zip(OFFLOADS, estimates):
-            r = dict(shape=shape, seq=args.offload_seq, offload=offload, estimate_gb=est["gpu"] / 1e9)
-            try:
-                (m,) = run_estimates([dict(spec, offload=offload, steps=TRAIN_STEPS, device=device.type)], "measure", env)
-                none = results[-OFFLOADS.index(offload)] if offload != "none" else m
-                r.update(tokens_per_s=m["tokens_per_s"], peak_gb=m["peak"] / 1e9, estimate_vs_measured=est["gpu"] / m["peak"],
-                         speed_vs_none=m["tokens_per_s"] / none.get("tokens_per_s", float("nan")))
-            except RuntimeError as e:
-                r["error"] = str(e)
-            print(f"  offload {shape} T={args.offload_seq} {offload:22s} " + (r.get("error") or
+        spec = dict(config=config(shape).to_hf(), seq_len=args.offload_seq, dtype=str(dtype).replace("torch.", ""),
+                    steps=TRAIN_STEPS, device=device.type)
+        try:
+            (rows,) = in_processes("compare", [spec], env)
+        except RuntimeError as e:
+            rows = [dict(offload=o, error=str(e)) for o in OFFLOADS]
+        for r in rows:
+            r["shape"], r["seq"] = shape, args.offload_seq
+            if "error" not in r:
+                r.update(peak_gb=r["peak"] / 1e9, estimate_gb=r["estimate"]["gpu"] / 1e9,
+                         estimate_vs_measured=r["estimate"]["gpu"] / r["peak"],
+                         speed_vs_none=r["tokens_per_s"] / rows[0]["tokens_per_s"])
+            print(f"  offload {shape} T={args.offload_seq} {r['offload']:22s} " + (r.get("error") or
                   f"{r['tokens_per_s']:9.1f} tok/s  peak {r['peak_gb']:6.2f} GB  estimate {r['estimate_gb']:6.2f} GB"),
                   flush=True)
-            results.append(r)
+        results += rows
     return results
 
 

@@ -10,10 +10,11 @@ change where tensors live, never what is computed. (2) The estimate: train.py's 
 mixed precision, checkpointing, fused loss and AdamW run one optimizer step on fake tensors (shapes,
 no data) on a fake GPU, under a fake process group of N ranks, while torch's FSDPMemTracker adds up
 every tensor alive; the peak, and what was alive at that moment, is the estimate. (3) The same step
-with real tensors, which measures what the estimate predicts. (4) The README's table of what fits.
+with real tensors, which measures what the estimate predicts. (4) At train.py's start-up: the offload
+that fits, or a refusal that says what would. The README's table of what fits where is fits.py.
 
     python train.py --estimate-memory --world-size 8    # what s1-32B needs per GPU on one 8-GPU node
-    python memory.py table --out fits.json              # every Qwen2.5 size x 1/8/16 GPUs (hours on 2 cores)
+    python fits.py --out fits.json                      # every Qwen2.5 size x 1/8/16 GPUs (hours on 2 cores)
 
 What it leaves out: the estimate counts the bytes of live tensors, as torch.cuda.max_memory_allocated
 does. The CUDA context, NCCL's own buffers and the caching allocator's fragmentation come on top (a
@@ -35,20 +36,12 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
-from model import CheckpointError, Qwen2, Qwen2Config, load_config, num_params
+from model import CheckpointError, Qwen2, Qwen2Config, num_params
 
 OFFLOADS = ("none", "activations", "optimizer", "optimizer+activations")  # auto tries them in this order
 HEADROOM = 0.05  # a run fits when its estimated peak leaves this share of the GPU free
 GB = 1e9
 FAKE_GPU = "gpu"  # the device the estimate's tensors live on: a GPU that only keeps shapes
-
-# The README's table: sizes, GPU counts, cards (GB), block sizes.
-SIZES = ("0.5B", "1.5B", "3B", "7B", "14B", "32B", "72B")
-WORLDS = (1, 8, 16)
-CARDS = (24, 40, 80, 141)
-BLOCKS = (32768, 20000)
-CONFIGS = os.path.join(os.environ.get("S1_SHARED_DATA") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
-                       "shared", "data"), "qwen2.5-configs")  # config.json of every size (the team's shared data)
 
 
 class DoesNotFit(Exception):
@@ -299,9 +292,9 @@ def estimate_spec(spec: dict) -> dict:
     return estimate(config, **s)
 
 
-def run_estimates(specs: list[dict], task="estimate", env=None) -> list[dict]:
-    """Several estimates (or measurements) at once, each in a fresh process: a process holds one process
-    group, and a measurement's memory must be its own."""
+def in_processes(task: str, specs: list[dict], env=None) -> list[dict]:
+    """`python memory.py TASK SPEC` for each spec at once, each in a fresh process (a process holds one
+    process group, and a measurement's memory must be its own): their results."""
     import subprocess
     procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), task, json.dumps(s)], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for s in specs]
@@ -389,7 +382,7 @@ def measure(config: Qwen2Config, seq_len: int, offload="none", param_dtype=torch
                                 rank=0, world_size=1)
     if warm_up:  # the first run maps in the kernels' code, thread pools and allocator pools: not the step's memory
         measure(config, seq_len, offload, param_dtype, checkpointing, loss_chunk, 0, device, warm_up=False)
-        gc.collect()  # FSDP's modules hold cycles: free the warm-up's tensors now
+    gc.collect()  # FSDP's modules hold cycles: free an earlier run's tensors now, not during this one
     mesh = init_device_mesh(device.type, (1,))
     x = torch.randint(0, config.vocab_size, (1, seq_len), device=device)
     if device.type == "cuda":
@@ -419,59 +412,78 @@ def measure(config: Qwen2Config, seq_len: int, offload="none", param_dtype=torch
     return dict(peak=peak - base, step_s=step_s, tokens_per_s=2 * seq_len / step_s, loss=loss)
 
 
+def compare(config: Qwen2Config, seq_len: int, offloads=OFFLOADS, param_dtype=torch.float32, steps=1,
+            device="cpu") -> list[dict]:
+    """Each offload choice estimated for one GPU, then run for real here, one after another (bench.py and
+    the tests run this in a fresh process): [{offload, estimate: estimate(), peak, tokens_per_s, ...}]."""
+    estimates = [estimate(config, 1, seq_len, accum=2, param_dtype=param_dtype, offload=o) for o in offloads]
+    return [dict(offload=o, estimate=e, **measure(config, seq_len, o, param_dtype, steps=steps, device=device,
+                                                  warm_up=i == 0)) for i, (o, e) in enumerate(zip(offloads, estimates))]
+
+
 # -----------------------------------------------------------------------------
-# At train.py's start-up: which offload, decided before any weight is read
+# (4) At train.py's start-up: which offload, decided before any weight is read
 
 
 def choose_offload(choice: str, spec: dict, device, gpu_gb: float, say) -> str:
     """
-    The offload this run uses. auto on a GPU: rank 0 estimates the choices in order, all at once in
-    processes of their own (a minute or two for 32B), until one fits with 5% to spare and with the
-    pinned host memory it needs free on the node; every rank takes that one. auto on a CPU: none (there is
-    no GPU memory to save). An explicit choice that cannot fit at all is refused too. Raises DoesNotFit.
+    The offload this run uses. auto on a GPU: rank 0 estimates the choices, all at once in processes of
+    their own (a minute or two for 32B), and every rank decides from those numbers and from the node with
+    the least host memory free (decide()). auto on a CPU: none (there is no GPU memory to save). Raises
+    DoesNotFit, before any weight is read, when nothing fits.
     """
     if device.type != "cuda":
         if choice == "auto":
             say("offload: none (auto: on a CPU there is no GPU memory to save)")
             return "none"
         return choice
-    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     found = [None]
     if dist.get_rank() == 0:
         t0 = time.perf_counter()
         order = OFFLOADS if choice == "auto" else (choice,)
         try:
-            found[0] = dict(zip(order, run_estimates([dict(spec, offload=o) for o in order])))
+            found[0] = dict(zip(order, in_processes("estimate", [dict(spec, offload=o) for o in order])))
         except RuntimeError as e:
             found[0] = str(e)
         say(f"memory estimate: {time.perf_counter() - t0:.0f}s")
-    dist.broadcast_object_list(found, src=0)  # every rank decides from rank 0's numbers
+    dist.broadcast_object_list(found, src=0)
     if isinstance(found[0], str):
         raise DoesNotFit(found[0])
     free = torch.tensor([available_host_memory() / GB], device=device)
-    dist.all_reduce(free, op=dist.ReduceOp.MIN)  # and from the node with the least host memory free
-    estimates, host_free = found[0], free.item()
-    peaks = ", ".join(f"{o} {e['gpu'] / GB:.1f} GB" for o, e in estimates.items())
-    what = f"this run (block {spec['seq_len']}, {spec['world']} GPUs)"
-    picked = pick(estimates, gpu_gb, host_free, per_node)
-    if picked is None:
-        short = [o for o, e in estimates.items() if fits(e["gpu"], gpu_gb)]
-        if short:  # it fits the GPU, but the node lacks the pinned memory
-            need = estimates[short[0]]["host"] * per_node / GB
-            raise DoesNotFit(f"--offload {short[0]} fits {what} on the GPUs but needs {need:.0f} GB of pinned host "
-                             f"memory on this node of {per_node} GPUs, and {host_free:.0f} GB is free; free host memory "
-                             "or use more nodes")
-        worst = estimates[OFFLOADS[-1]] if choice == "auto" else estimates[choice]
-        if choice == "auto" or worst["gpu"] > gpu_gb * GB:
-            with_ = " even with --offload optimizer+activations" if choice == "auto" else f" with --offload {choice}"
-            raise DoesNotFit(why_not(worst, gpu_gb, what + with_))
-        say(f"warning: --offload {choice}: an estimated {worst['gpu'] / GB:.1f} GB per GPU leaves less than 5% of "
-            f"the {gpu_gb:g} GB GPU free; --offload auto picks one with room")
-        return choice
-    if choice == "auto":
-        say(f"offload: {picked} (auto: the cheapest that leaves 5% of the {gpu_gb:g} GB GPU free; estimated peak "
-            f"per GPU: {peaks}; host memory per node {estimates[picked]['host'] * per_node / GB:.0f} GB)")
+    dist.all_reduce(free, op=dist.ReduceOp.MIN)
+    picked, line = decide(choice, found[0], gpu_gb, free.item(), int(os.environ.get("LOCAL_WORLD_SIZE", 1)),
+                          f"this run (block {spec['seq_len']}, {spec['world']} GPUs)")
+    say(line)
     return picked
+
+
+def decide(choice: str, estimates: dict, gpu_gb: float, host_free_gb: float, per_node: int, what: str) -> tuple:
+    """
+    (offload, the line that says why) from the estimates of `choice` (of every choice, for auto): auto
+    takes the cheapest that leaves 5% of the GPU free with its pinned host memory free on the node; an
+    explicit choice runs if it fits the GPU at all (with a warning when the 5% is not left). Raises
+    DoesNotFit with one line that says what would fit.
+    """
+    peaks = ", ".join(f"{o} {e['gpu'] / GB:.1f} GB" for o, e in estimates.items())
+    picked = pick(estimates, gpu_gb, host_free_gb, per_node)
+    if picked is not None:
+        why = (f"auto: the cheapest that leaves 5% of the {gpu_gb:g} GB GPU free" if choice == "auto" else
+               f"leaves 5% of the {gpu_gb:g} GB GPU free")
+        host = estimates[picked]["host"] * per_node / GB
+        return picked, (f"offload: {picked} ({why}; estimated peak per GPU: {peaks}; pinned host memory "
+                        f"{host:.0f} GB of the node's {host_free_gb:.0f} GB free)")
+    short = [o for o, e in estimates.items() if fits(e["gpu"], gpu_gb)]
+    if short:  # it fits the GPU, but the node lacks the pinned memory
+        need = estimates[short[0]]["host"] * per_node / GB
+        raise DoesNotFit(f"--offload {short[0]} fits {what} on the GPUs but needs {need:.0f} GB of pinned host "
+                         f"memory on this node of {per_node} GPUs, and {host_free_gb:.0f} GB is free; free host "
+                         "memory or use more nodes")
+    worst = estimates[OFFLOADS[-1] if choice == "auto" else choice]
+    if choice == "auto" or worst["gpu"] > gpu_gb * GB:
+        with_ = " even with --offload optimizer+activations" if choice == "auto" else f" with --offload {choice}"
+        raise DoesNotFit(why_not(worst, gpu_gb, what + with_))
+    return choice, (f"warning: --offload {choice}: an estimated {worst['gpu'] / GB:.1f} GB per GPU leaves less "
+                    f"than 5% of the {gpu_gb:g} GB GPU free; --offload auto picks one with room")
 
 
 def available_host_memory() -> int:
@@ -480,76 +492,21 @@ def available_host_memory() -> int:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable"))
 
 
-# -----------------------------------------------------------------------------
-# (4) What fits where: the README's table
-
-
-def table(path: str, sizes=SIZES, worlds=WORLDS, blocks=BLOCKS, say=print) -> dict:
-    """
-    Estimate s1's run (global batch 16, micro-batch 1, bf16, checkpointing) for every size, GPU count and
-    block, each offload choice in order until one fits the smallest card (the later ones would not be
-    picked on any card). Saved to `path` after each estimate; a rerun continues where it stopped.
-    """
-    from model import atomic_write, dump_json
-    done = json.load(open(path)) if os.path.isfile(path) else {}
-    for size in sizes:
-        config = load_config(os.path.join(CONFIGS, f"Qwen2.5-{size}-Instruct"))
-        for world in worlds:
-            for block in blocks:
-                for offload in OFFLOADS:
-                    key = f"{size} {world} {block} {offload}"
-                    if key not in done:
-                        done[key] = estimate(config, world, block, accum=max(1, 16 // world), offload=offload)
-                        atomic_write(path, lambda p: dump_json(done, p))
-                        say(f"{key}: {done[key]['gpu'] / GB:.1f} GB per GPU, host {done[key]['host'] / GB:.1f} GB "
-                            f"({done[key]['seconds']:.0f}s, {done[key]['cpu_seconds']:.0f}s of CPU)", flush=True)
-                    if fits(done[key]["gpu"], min(CARDS)):
-                        break
-    return done
-
-
-def markdown(done: dict, block: int) -> str:
-    short = {"none": "none", "activations": "act", "optimizer": "opt", "optimizer+activations": "opt+act"}
-    lines = [f"| model | GPUs | peak per GPU, GB: none / act / opt / opt+act | host RAM per node, GB: act / opt / "
-             "opt+act | " + " | ".join(f"{c} GB" for c in CARDS) + " |", "|---" * (4 + len(CARDS)) + "|"]
-    sizes = sorted({k.split()[0] for k in done}, key=lambda s: float(s[:-1]))
-    for size in sizes:
-        for world in sorted({int(k.split()[1]) for k in done if k.startswith(size + " ")}):
-            got = {o: done.get(f"{size} {world} {block} {o}") for o in OFFLOADS}
-            if not any(got.values()):
-                continue
-            peaks = " / ".join(f"{e['gpu'] / GB:.1f}" if e else "·" for e in got.values())
-            host = " / ".join(f"{e['host'] * min(world, 8) / GB:.0f}" if e else "·" for o, e in got.items()
-                              if o != "none")
-            cells = [short.get(pick({o: e for o, e in got.items() if e}, card), "does not fit") for card in CARDS]
-            lines.append(f"| {size} | {world} | {peaks} | {host} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def main(argv=None):
+    """The child processes' entry: `python memory.py estimate|compare SPEC` prints the result as JSON."""
     import argparse
-    p = argparse.ArgumentParser(description="memory estimates for train.py (see also train.py --estimate-memory)")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("table", help="the README's table of what fits where (hours on 2 CPU cores; resumable)")
-    t.add_argument("--out", default="fits.json", help="estimates so far, read and extended")
-    t.add_argument("--sizes", default=",".join(SIZES))
-    t.add_argument("--worlds", default=",".join(map(str, WORLDS)))
-    t.add_argument("--blocks", default=",".join(map(str, BLOCKS)))
-    for name in ("estimate", "measure"):  # one run, its spec as JSON; the result is printed as JSON
-        sub.add_parser(name).add_argument("spec")
+    p = argparse.ArgumentParser(description="one memory estimate (or comparison) for train.py, bench.py and the "
+                                "tests; the table of what fits where is fits.py")
+    p.add_argument("task", choices=["estimate", "compare"])
+    p.add_argument("spec", help="JSON: the arguments of estimate() or compare(), the config as a Hugging Face dict")
     args = p.parse_args(argv)
-    if args.cmd == "table":
-        done = table(args.out, args.sizes.split(","), [int(w) for w in args.worlds.split(",")],
-                     [int(b) for b in args.blocks.split(",")])
-        for block in map(int, args.blocks.split(",")):
-            print(f"\nblock {block}:\n\n" + markdown(done, block))
-    elif args.cmd == "estimate":
+    if args.task == "estimate":
         print(json.dumps(estimate_spec(json.loads(args.spec))))
     else:
         spec = json.loads(args.spec)
         config = Qwen2Config.from_hf(spec.pop("config"))
         spec["param_dtype"] = getattr(torch, spec.pop("dtype", "float32"))
-        print(json.dumps(measure(config, **spec)))
+        print(json.dumps(compare(config, **spec)))
 
 
 if __name__ == "__main__":
