@@ -36,7 +36,7 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
-from model import CheckpointError, Qwen2, Qwen2Config, num_params
+from model import CheckpointError, Qwen2, Qwen2Config, num_params, resolve_checkpoint
 
 OFFLOADS = ("none", "activations", "optimizer", "optimizer+activations")  # auto tries them in this order
 HEADROOM = 0.05  # a run fits when its estimated peak leaves this share of the GPU free
@@ -274,8 +274,8 @@ def estimates_until_fit(spec: dict, choice: str, gpu_gb: float) -> dict:
 
 def config_dir(path_or_repo_id: str) -> str:
     """A directory with the model's config.json: a local one as it is; from the hub, config.json alone (kB)."""
-    if os.path.isdir(path_or_repo_id):
-        return path_or_repo_id
+    if os.path.isdir(path_or_repo_id) or path_or_repo_id.count("/") != 1 or path_or_repo_id.startswith((".", "/", "~")):
+        return resolve_checkpoint(path_or_repo_id)  # a directory, or its one-line error
     try:
         from huggingface_hub import hf_hub_download
         return os.path.dirname(hf_hub_download(path_or_repo_id, "config.json"))

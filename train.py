@@ -330,13 +330,14 @@ def train(args):
     # Tokenizer, data, model config
     if args.init_from_scratch and not args.tokenizer:
         raise TrainError("--init-from-scratch needs --tokenizer (the tokenizer directory to build the vocabulary on)")
-    ckpt_dir = None if args.init_from_scratch else resolve_checkpoint(args.model)
-    tok_src = args.tokenizer or ckpt_dir
+    # config.json and the tokenizer only: the weights (65 GB for 32B) come once the run is known to fit.
+    config_src = None if args.init_from_scratch else config_dir(args.model)
+    tok_src = args.tokenizer or args.model  # a directory or a hub id: its tokenizer files alone
     try:
         tokenizer = AutoTokenizer.from_pretrained(tok_src)
     except Exception as e:
         raise TrainError(f"{tok_src}: could not load a tokenizer ({type(e).__name__}); pass --tokenizer") from None
-    config = scratch_config(args, tokenizer) if args.init_from_scratch else load_config(ckpt_dir)
+    config = scratch_config(args, tokenizer) if args.init_from_scratch else load_config(config_src)
     examples, report = load_sft_data(args.data, tokenizer, args.block_size, args.thinking_column, args.answer_column)
     if args.global_batch % (world * args.micro_batch):
         raise TrainError(f"--global-batch {args.global_batch} is not a multiple of {world} processes x "
@@ -351,6 +352,7 @@ def train(args):
     longest = max(len(ids) for ids, _ in examples) - 1  # the longest micro-batch's T
     offload = choose_offload(args.offload, memory_spec(args, config, world, longest), device,
                              gpu_memory_gb(args.gpu_memory_gb), say)
+    ckpt_dir = None if args.init_from_scratch else resolve_checkpoint(args.model)  # a hub id: downloaded here
     mesh = init_device_mesh(device.type, (world,))
     model = build_model(args, config, ckpt_dir, mesh, param_dtype, offload)
     n_matmul = num_params(model) - (0 if config.tie_word_embeddings else config.vocab_size * config.hidden_size)
