@@ -53,7 +53,7 @@ def table(path: str, sizes=SIZES, worlds=WORLDS, blocks=BLOCKS, say=print) -> di
 
 def markdown(done: dict, block: int) -> str:
     """One row per size and GPU count: the peak of each choice (· where not estimated), the host memory a
-    node needs for each, and auto's pick on each card."""
+    node needs for each, and auto's pick on each card (? while a table is unfinished)."""
     lines = ["| model | GPUs | peak per GPU, GB: none / act / opt / opt+act | pinned host RAM per node, GB: act / "
              "opt / opt+act | " + " | ".join(f"{c} GB" for c in CARDS) + " |", "|---" * (4 + len(CARDS)) + "|"]
     for size in sorted({k.split()[0] for k in done}, key=lambda s: float(s[:-1])):
@@ -64,7 +64,9 @@ def markdown(done: dict, block: int) -> str:
             peaks = " / ".join(f"{e['gpu'] / GB:.1f}" if e else "·" for e in got.values())
             host = " / ".join(f"{e['host'] * min(world, 8) / GB:.0f}" if e else "·" for o, e in got.items()
                               if o != "none")
-            cells = [SHORT.get(pick({o: e for o, e in got.items() if e}, card), "does not fit") for card in CARDS]
+            # a card where no estimated choice fits: nothing does, or the rest are still to estimate
+            rest = "does not fit" if all(got.values()) else "?"
+            cells = [SHORT.get(pick({o: e for o, e in got.items() if e}, card), rest) for card in CARDS]
             lines.append(f"| {size} | {world} | {peaks} | {host} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -186,3 +186,16 @@ def test_refusal_says_what_would_fit():
     line = memory.why_not(e, 80, "this run")
     assert "needs an estimated 95.0 GB per GPU, and a 80 GB GPU fits 76.0 GB" in line
     assert "more GPUs (the 10.0 GB" in line and "a smaller --block-size (the 60.0 GB" in line and "\n" not in line
+
+
+def test_fits_table_marks_auto_picks_and_unfinished_rows():
+    # fits.py's README table from given estimates: auto's pick on each card, "does not fit" when every
+    # choice was estimated, "?" while the later choices are still to estimate.
+    e = lambda gpu, host=0: dict(gpu=gpu * GB, host=host * GB)
+    done = {"32B 8 32768 none": e(114.5), "32B 8 32768 activations": e(93.3, 24.2),
+            "32B 8 32768 optimizer": e(49.0, 66.3), "32B 8 32768 optimizer+activations": e(27.8, 89.8),
+            "0.5B 1 32768 none": e(13.2), "7B 8 32768 none": e(60), "7B 8 20000 none": e(50)}
+    lines = fits.markdown(done, 32768).splitlines()
+    assert lines[2:] == ["| 0.5B | 1 | 13.2 / · / · / · | · / · / · | none | none | none | none |",
+                         "| 7B | 8 | 60.0 / · / · / · | · / · / · | ? | ? | none | none |",
+                         "| 32B | 8 | 114.5 / 93.3 / 49.0 / 27.8 | 194 / 530 / 718 | does not fit | opt+act | opt | none |"]
