@@ -101,6 +101,10 @@ def test_auto_picks_each_choice_as_the_gpu_shrinks(tmp_path, capsys):
         assert report[-2] == f"offload auto: {o}, the cheapest choice that fits"
         assert report[-1] == f"peak per GPU: {est[o]['gpu'] / GB:.1f} GB of {gpu_gb:g} GB (fits)"
     small = est["optimizer+activations"]["gpu"] / 0.95 / GB * 0.999  # nothing fits: one line, what would
+    report = memory.report(est, small, "auto", 1)
+    assert re.split(r"\s{2,}", report[0].strip()) == ["GB per GPU, at its peak", *memory.OFFLOADS]
+    assert report[-2].startswith("offload auto: nothing fits; the run needs an estimated")
+    assert report[-1] == f"peak per GPU: {est['optimizer+activations']['gpu'] / GB:.1f} GB of {small:g} GB (does not fit)"
     with pytest.raises(memory.DoesNotFit) as e:
         memory.decide("auto", est, small, 100, 8, "this run")
     assert "this run even with --offload optimizer+activations needs an estimated" in str(e.value)
@@ -135,13 +139,6 @@ def test_estimate_memory_prints_the_table_and_the_verdict(tmp_path, capsys):
     assert table["GB per GPU, at its peak"] == ["none"]
     peak = float(table["peak per GPU"][0])
     assert out[-1] == f"peak per GPU: {peak:.1f} GB of 80 GB (fits)"
-
-    # auto on a card too small for any choice: every choice is estimated, each in its own column.
-    out = estimate_cli("--model", cfg, "--world-size", 8, "--block-size", 1024, "--gpu-memory-gb", 0.001,
-                       capsys=capsys)
-    assert re.split(r"\s{2,}", out[1].strip()) == ["GB per GPU, at its peak", *memory.OFFLOADS]
-    assert out[-1].startswith("peak per GPU: ") and out[-1].endswith(" GB of 0.001 GB (does not fit)")
-    assert "auto: nothing fits" in out[-2]
 
 
 def test_estimate_memory_last_line_and_exit_code(tmp_path):
