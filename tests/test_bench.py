@@ -42,9 +42,9 @@ def test_every_part_runs_and_reports(tmp_path):
     assert loss["fused"]["extra_gb"] > 0 and loss["full"]["extra_gb"] > 0
 
     from memory import OFFLOADS
-    assert [r["offload"] for r in res["offload"]] == list(OFFLOADS)
-    for r in res["offload"]:  # each choice trained (the tokens/s of the CPU rows are not a GPU's) and estimated
-        assert "error" not in r and r["tokens_per_s"] > 0 and r["speed_vs_none"] > 0 and r["estimate_gb"] > 0, r
+    assert [row["offload"] for row in res["offload"]] == list(OFFLOADS)
+    for row in res["offload"]:  # each choice trained (the tokens/s of the CPU rows are not a GPU's) and estimated
+        assert "error" not in row and row["tokens_per_s"] > 0 and row["speed_vs_none"] > 0 and row["estimate_gb"] > 0, row
     assert res["offload"][0]["speed_vs_none"] == 1.0
 
     parity = res["parity"]
