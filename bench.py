@@ -5,15 +5,18 @@ memory-bandwidth roofline it reaches (bandwidth measured in the same run), at a 
 evaluation-like workload (many prompts of skewed lengths: continuous batching against static batches,
 and the KV cache held at peak); (2) a training step of
 model.py (fused head + loss) + AdamW against transformers' Qwen2ForCausalLM with the same optimizer;
-(3) the memory of the loss at a long sequence, fused in chunks against full logits. Every ratio compares
-numbers measured here, now; results go to BENCHMARKS.md by hand.
+(3) the memory of the loss at a long sequence, fused in chunks against full logits; (4) bf16 logits against
+fp32; (5) train.py's FSDP2 step (1 process) with each --offload choice side by side, tokens/s relative to
+no offload, and memory.py's estimate against the measured peak. Every ratio compares numbers measured
+here, now; results go to BENCHMARKS.md by hand.
 
     python bench.py                                    # CPU, fp32: decode at batch 1, training at T=1024,4096, loss
     python bench.py --decode-batch 1,16 --json bench.json
     python bench.py --skip decode                      # CPU: the training step and the loss memory only
     python bench.py --gpu --json bench-gpu.json        # one GPU (H200: a few minutes): compiled decode vs the
                                                        # HBM roofline, training MFU of a 1.5B shape at T=16384
-                                                       # with activation checkpointing in bf16, bf16 vs fp32 logits
+                                                       # with activation checkpointing in bf16, bf16 vs fp32 logits,
+                                                       # offload at 0.5B/1.5B, T=16384: estimate vs max_memory_allocated
     python bench.py --skip '' --decode-shape smoke --workload-shape smoke --workload 16,4 --train-shape smoke \
         --train-seq 64 --loss-seq 256 --compile         # every part in a minute on a tiny shape (tests/test_bench.py)
 
@@ -39,6 +42,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from memory import OFFLOADS, in_processes
 from model import Qwen2, Qwen2Config, linear_cross_entropy, num_params
 from engine import Engine, kv_bytes_per_token, weight_bytes_per_token
 from sample import sample
@@ -56,12 +60,12 @@ SHAPES = {  # hidden, layers, heads, kv heads, head_dim, mlp
     "smoke": (64, 2, 4, 2, 16, 128),  # seconds for every part: the test that the script runs end to end
 }
 CPU = dict(decode_shape="0.5B", decode_batch="1", workload_shape="cpu-small", workload="64,16",
-           train_shape="cpu-small", train_seq="1024,4096",
-           checkpointing="off", loss_seq="4096,32768", skip="parity")
+           train_shape="cpu-small", train_seq="1024,4096", checkpointing="off", loss_seq="4096,32768",
+           skip="parity", offload_shapes="cpu-small", offload_seq=1024)
 GPU = dict(decode_shape="1.5B", decode_batch="1,16", workload_shape="0.5B,1.5B", workload="256,64",
-           train_shape="1.5B", train_seq="16384",
-           checkpointing="on", loss_seq="32768", skip="")
-PARTS = {"decode", "workload", "train", "loss", "parity"}
+           train_shape="1.5B", train_seq="16384", checkpointing="on", loss_seq="32768", skip="",
+           offload_shapes="0.5B,1.5B", offload_seq=16384)
+PARTS = {"decode", "workload", "train", "loss", "parity", "offload"}
 BANDWIDTH_PASSES = 8  # reads of the bandwidth matrix per timed round: sustained, as decoding reads
 PROMPT_LEN = 16
 SHORT_GEN = (16, 32)  # tokens most rows of the workload generate; an eighth generate 8-16 times as many
@@ -664,6 +668,39 @@ def bench_serve(args, device, dtype) -> dict:
 
 
 # -----------------------------------------------------------------------------
+# (5) The training step with each offload choice, and the memory estimate against the measured peak
+
+
+def bench_offload(args, device, dtype) -> list[dict]:
+    """
+    memory.py's step (train.py's: FSDP2, checkpointing, fused loss, AdamW; 1 process, 2 micro-batches) with
+    each offload choice, one after another in one fresh process, and memory.py's estimate of each.
+    Measured peak: torch.cuda.max_memory_allocated on a GPU; on a CPU RSS, which also holds the
+    "offloaded" copies (there they land in the same memory), so only no offload compares there.
+    """
+    results = []
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")  # RSS then follows the live tensors (memory.py)
+    for shape in args.offload_shapes.split(","):
+        spec = dict(config=config(shape).to_hf(), seq_len=args.offload_seq, dtype=str(dtype).replace("torch.", ""),
+                    steps=TRAIN_STEPS, device=device.type)
+        try:
+            (rows,) = in_processes("compare", [spec], env)
+        except RuntimeError as e:
+            rows = [dict(offload=o, error=str(e)) for o in OFFLOADS]
+        for r in rows:
+            r["shape"], r["seq"] = shape, args.offload_seq
+            if "error" not in r:
+                r.update(peak_gb=r["peak"] / 1e9, estimate_gb=r["estimate"]["gpu"] / 1e9,
+                         estimate_vs_measured=r["estimate"]["gpu"] / r["peak"],
+                         speed_vs_none=r["tokens_per_s"] / rows[0]["tokens_per_s"])
+            print(f"  offload {shape} T={args.offload_seq} {r['offload']:22s} " + (r.get("error") or
+                  f"{r['tokens_per_s']:9.1f} tok/s  peak {r['peak_gb']:6.2f} GB  estimate {r['estimate_gb']:6.2f} GB"),
+                  flush=True)
+        results += rows
+    return results
+
+
+# -----------------------------------------------------------------------------
 # Report
 
 
@@ -732,6 +769,16 @@ def markdown(res) -> str:
                   "| path | requests/s | tokens/s |", "|---|---|---|"]
         lines += [f"| {k} | {x['requests_per_s']:.2f} | {x['tokens_per_s']:.1f} |" for k, x in r["rows"].items()]
         lines.append(f"\nserve.py's tokens/s / the Sampler's: {r['served_vs_direct']:.2f}")
+    if "offload" in res:
+        lines += [f"\nTraining step (memory.py: train.py's FSDP2 step, 1 process, 2 micro-batches, checkpointing, "
+                  f"{res['dtype']}) with each --offload choice; estimate: memory.py's, of GPU memory"
+                  + (" (on a CPU the measured RSS also holds the offloaded copies)\n" if res["dtype"] == "float32" else "\n"),
+                  "| shape | T | offload | tokens/s | vs none | peak GB, measured | estimate GB | estimate / measured |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in res["offload"]:
+            lines.append(f"| {r['shape']} | {r['seq']} | {r['offload']} | " + (f"{r['error']} | | | | |" if "error" in r else
+                         f"{r['tokens_per_s']:.0f} | {r['speed_vs_none']:.2f}x | {r['peak_gb']:.2f} | "
+                         f"{r['estimate_gb']:.2f} | {r['estimate_vs_measured']:.2f} |"))
     if "parity" in res:
         lines += [f"\nbf16 logits against fp32 (2 x {PARITY_SEQ} random tokens)\n", "| comparison | value |", "|---|---|"]
         lines += [f"| {k} | {v:.3g} |" for k, v in res["parity"].items()]
@@ -756,8 +803,10 @@ def main():
     p.add_argument("--loss-chunk", type=int, default=LOSS_CHUNK, help="tokens per chunk of our loss")
     p.add_argument("--loss-seq", help="comma-separated sequence lengths for the loss memory")
     p.add_argument("--loss-hidden", type=int, default=LOSS_HIDDEN)
-    p.add_argument("--skip", help="comma-separated parts to leave out: decode,train,loss,parity "
-                   "(CPU default parity; --skip '' runs all four)")
+    p.add_argument("--skip", help="comma-separated parts to leave out: decode,workload,train,loss,parity,offload "
+                   "(CPU default parity; --skip '' runs all six)")
+    p.add_argument("--offload-shapes", help="comma-separated shapes for the offload rows (CPU cpu-small; GPU 0.5B,1.5B)")
+    p.add_argument("--offload-seq", type=int, help="tokens per sequence of the offload rows (CPU 1024; GPU 16384)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--serve", type=int, default=0, help="also N concurrent streaming requests through serve.py "
                    "against sample.py's Sampler called directly (the decode shape; default 0: off)")
@@ -813,6 +862,8 @@ def main():
         res["parity"] = bench_parity(args, device)
     if args.serve:
         res["serve"] = bench_serve(args, device, dtype)
+    if "offload" not in skip:
+        res["offload"] = bench_offload(args, device, dtype)
     res["machine"]["load_after"] = [round(x, 1) for x in os.getloadavg()]
     print("\n" + markdown(res))
     if args.json:

@@ -8,10 +8,14 @@ checkpoints (torch.distributed.checkpoint) and the Hugging Face export, then the
     torchrun --nproc_per_node 8 train.py      # s1-32B on one 8-GPU node (s1's defaults, no flags)
     bash torchrun.sh                          # 2 nodes x 8 GPUs, as s1 did; SLURM too
     python train.py --tiny                    # the tiny CPU run (its data and tokenizer come from data.py)
+    python train.py --estimate-memory --world-size 8    # what fits, per GPU, without a GPU (memory.py)
 
 Loss as s1: each sequence's loss is the mean over its trained tokens; a step averages the 16 sequences
-of the global batch, whatever their lengths. Sequences are not packed. What it leaves out: tensor,
-sequence and pipeline parallelism (FSDP alone fits 32B at 32k tokens on 16 H100s), CPU offload, LoRA.
+of the global batch, whatever their lengths. Sequences are not packed. Memory: before any weight is read,
+`--offload auto` estimates the run's peak per GPU (memory.py) and picks the cheapest of no offload,
+checkpointed activations in host memory, or the optimizer (fp32 weights, gradients, AdamW) in host
+memory, that fits; it refuses a run that cannot fit. s1-32B at block 32768 on 8 x 80 GB runs with the
+optimizer in host memory. What it leaves out: tensor, sequence and pipeline parallelism, LoRA.
 """
 
 import argparse
@@ -29,11 +33,12 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
                                                      set_model_state_dict, set_optimizer_state_dict)
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from data import IGNORE, DataError, collate, describe_truncation, epoch_order, global_batch_ids, load_sft_data, \
     rank_micro_batches, steps_per_epoch
+from memory import OFFLOADS, DoesNotFit, choose_offload, config_dir, gpu_memory_gb, offloaded_activations, \
+    print_estimate, shard
 from model import CheckpointError, Qwen2, Qwen2Config, check_checkpoint, load_config, num_params, \
     resolve_checkpoint, safetensors_files, save_hf_checkpoint
 
@@ -93,6 +98,15 @@ def get_args(argv=None):
     p.add_argument("--defer-grad-sync", action="store_true", help="accumulate unsharded gradients and "
                    "reduce once per step: less communication, but a full gradient copy per GPU (not for 32B)")
     p.add_argument("--compile", action="store_true", help="torch.compile each decoder block")
+    p.add_argument("--offload", default="auto", choices=["auto", *OFFLOADS], help="keep the optimizer (fp32 "
+                   "weights, gradients, AdamW state; its step on the CPU) and/or the checkpointed activations in "
+                   "pinned host memory; auto: estimate at start-up and take the cheapest that fits (none on CPU)")
+    p.add_argument("--estimate-memory", action="store_true", help="print the run's estimated peak memory per GPU "
+                   "(from config.json only, no GPU needed) and exit")
+    p.add_argument("--world-size", type=int, default=None, help="GPUs to estimate for (with --estimate-memory; "
+                   "default: this machine's, else 8)")
+    p.add_argument("--gpu-memory-gb", type=float, default=None, help="GPU memory to fit in (default: the GPU's, "
+                   "else 80)")
     p.add_argument("--loss-chunk", type=int, default=1024,
                    help="tokens per chunk of the fused output head and cross-entropy (model.py)")
     p.add_argument("--save-every", type=int, default=SAVE_EVERY, help="checkpoint every N steps (and at the end)")
@@ -130,7 +144,10 @@ class TrainError(Exception):
 def setup_distributed():
     """NCCL on GPUs, gloo on CPU. Under torchrun the environment says who we are; alone we are 1 of 1."""
     cuda = torch.cuda.is_available()
-    backend = "nccl" if cuda else "gloo"
+    # gloo carries what lives in host memory (an offloaded optimizer's gradient norms, the export); growable
+    # allocator segments keep what a GPU reserves close to what its tensors use, which memory.py estimates.
+    backend = "cuda:nccl,cpu:gloo" if cuda else "gloo"
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     if "RANK" in os.environ:
         dist.init_process_group(backend)
     else:
@@ -162,26 +179,24 @@ def load_full_tensors(model, named_tensors):
     params = model.state_dict()  # name -> sharded DTensor; a tied head is the embedding's entry
     for name, full in named_tensors:
         p = params[name]
-        shard = distribute_tensor(full.to(p.device, p.dtype), p.device_mesh, p.placements, src_data_rank=None)
+        mine = distribute_tensor(full.to(p.device, p.dtype), p.device_mesh, p.placements, src_data_rank=None)
         with torch.no_grad():
-            p.to_local().copy_(shard.to_local())
+            p.to_local().copy_(mine.to_local())
 
 
-def build_model(args, config, ckpt_dir, mesh, device, param_dtype):
+def checkpointing(args) -> bool:
+    return args.activation_checkpointing == "on" or (args.activation_checkpointing == "auto" and args.block_size > 2048)
+
+
+def build_model(args, config, ckpt_dir, mesh, param_dtype, offload):
     """Build on the meta device, shard with FSDP2, allocate only this rank's shards, then fill them."""
     with torch.device("meta"):
         model = Qwen2(config)  # fp32 parameters: the optimizer's master weights
     placement = None if ckpt_dir is None else check_checkpoint(model, safetensors_files(ckpt_dir))
-    model.gradient_checkpointing = args.activation_checkpointing == "on" or (
-        args.activation_checkpointing == "auto" and args.block_size > 2048)
-    # Compute in param_dtype, reduce gradients in fp32, keep fp32 master weights (s1's bf16 recipe).
-    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
-    for layer in model.model.layers:
-        if args.compile:
-            layer.compile()  # in place: state_dict keys stay the checkpoint's (no `_orig_mod.`)
-        fully_shard(layer, mesh=mesh, mp_policy=mp)  # one all-gather per block, freed after use
-    fully_shard(model, mesh=mesh, mp_policy=mp)  # the root: embedding, tied head, final norm together
-    model.to_empty(device=device)
+    model.gradient_checkpointing = checkpointing(args)
+    # FSDP2 per decoder block, then the root; compute in param_dtype, reduce gradients in fp32, keep fp32
+    # master weights (s1's bf16 recipe); with the optimizer offloaded, those live in host memory (memory.py).
+    shard(model, mesh, param_dtype, offload, args.compile)
     if placement is not None:
         from safetensors import safe_open
 
@@ -315,13 +330,14 @@ def train(args):
     # Tokenizer, data, model config
     if args.init_from_scratch and not args.tokenizer:
         raise TrainError("--init-from-scratch needs --tokenizer (the tokenizer directory to build the vocabulary on)")
-    ckpt_dir = None if args.init_from_scratch else resolve_checkpoint(args.model)
-    tok_src = args.tokenizer or ckpt_dir
+    # config.json and the tokenizer only: the weights (65 GB for 32B) come once the run is known to fit.
+    config_src = None if args.init_from_scratch else config_dir(args.model)
+    tok_src = args.tokenizer or args.model  # a directory or a hub id: its tokenizer files alone
     try:
         tokenizer = AutoTokenizer.from_pretrained(tok_src)
     except Exception as e:
         raise TrainError(f"{tok_src}: could not load a tokenizer ({type(e).__name__}); pass --tokenizer") from None
-    config = scratch_config(args, tokenizer) if args.init_from_scratch else load_config(ckpt_dir)
+    config = scratch_config(args, tokenizer) if args.init_from_scratch else load_config(config_src)
     examples, report = load_sft_data(args.data, tokenizer, args.block_size, args.thinking_column, args.answer_column)
     if args.global_batch % (world * args.micro_batch):
         raise TrainError(f"--global-batch {args.global_batch} is not a multiple of {world} processes x "
@@ -332,8 +348,13 @@ def train(args):
     warmup = math.ceil(args.warmup_ratio * total_steps)
     stop = min(total_steps, args.stop_at_step or total_steps)
 
+    # Before any weight is read: the offload that fits this run, or a refusal that says what would (memory.py).
+    longest = max(len(ids) for ids, _ in examples) - 1  # the longest micro-batch's T
+    offload = choose_offload(args.offload, memory_spec(args, config, world, longest), device,
+                             gpu_memory_gb(args.gpu_memory_gb), say)
+    ckpt_dir = None if args.init_from_scratch else resolve_checkpoint(args.model)  # a hub id: downloaded here
     mesh = init_device_mesh(device.type, (world,))
-    model = build_model(args, config, ckpt_dir, mesh, device, param_dtype)
+    model = build_model(args, config, ckpt_dir, mesh, param_dtype, offload)
     n_matmul = num_params(model) - (0 if config.tie_word_embeddings else config.vocab_size * config.hidden_size)
     # No weight decay on biases and norm weights (as transformers' Trainer, which s1 used).
     params = list(model.parameters())  # a tied head appears once
@@ -421,7 +442,8 @@ def train(args):
             # number in its sequence, and the model's weighted sum is the micro-batch's sum of those means.
             trained = y != IGNORE  # (B, T)
             weights = trained / trained.sum(1, keepdim=True)  # (B, T)
-            seq_losses = model(x, targets=y, loss_weights=weights, loss_chunk=args.loss_chunk)
+            with offloaded_activations(offload, device):  # what backward keeps, in host memory or not
+                seq_losses = model(x, targets=y, loss_weights=weights, loss_chunk=args.loss_chunk)
             # FSDP averages gradients over the processes, so each divides by its own share of the batch:
             # the gradient is then that of the mean over all G sequences.
             (seq_losses / (accum * args.micro_batch)).backward()
@@ -475,11 +497,45 @@ def train(args):
         wandb.finish()  # here, not at exit: the script ends with os._exit, which runs no exit handlers
 
 
+# -----------------------------------------------------------------------------
+# Memory: what the run needs per GPU, estimated from its config alone (memory.py)
+
+
+def memory_spec(args, config, world, seq_len) -> dict:
+    return dict(config=config.to_hf(), world=world, seq_len=seq_len, micro_batch=args.micro_batch,
+                accum=args.global_batch // (world * args.micro_batch), dtype=args.dtype,
+                checkpointing=checkpointing(args), loss_chunk=args.loss_chunk, defer_grad_sync=args.defer_grad_sync)
+
+
+def estimate_memory(args):
+    """--estimate-memory: the run's peak per GPU from its config alone; no GPU, weights or processes."""
+    world = args.world_size or torch.cuda.device_count() or 8
+    if world < 1 or args.global_batch % (world * args.micro_batch):
+        raise TrainError(f"--world-size {world}: --global-batch {args.global_batch} must be a multiple of the world "
+                         f"size x --micro-batch {args.micro_batch}")
+    args.dtype = "bfloat16" if args.dtype == "auto" else args.dtype  # as on a GPU
+    local_data = os.path.exists(args.data)
+    if args.init_from_scratch or local_data:
+        from transformers import AutoTokenizer
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
+    config = scratch_config(args, tokenizer) if args.init_from_scratch else load_config(config_dir(args.model))
+    T = args.block_size
+    if local_data:  # the longest sequence, as the run will see it
+        T = max(len(ids) for ids, _ in load_sft_data(args.data, tokenizer, args.block_size, args.thinking_column,
+                                                    args.answer_column)[0]) - 1
+    print_estimate(memory_spec(args, config, world, T), os.path.basename(args.model.rstrip("/")), args.offload,
+                   gpu_memory_gb(args.gpu_memory_gb))
+
+
 def main(argv=None):
     args = get_args(argv)
     try:
-        train(args)
-    except (TrainError, DataError, CheckpointError) as e:
+        if args.world_size is not None and not args.estimate_memory:
+            raise TrainError("--world-size is for --estimate-memory; a run's world size is torchrun's processes")
+        if args.gpu_memory_gb is not None and args.gpu_memory_gb <= 0:
+            raise TrainError(f"--gpu-memory-gb {args.gpu_memory_gb:g}: give the GPU's memory in GB, such as 80")
+        estimate_memory(args) if args.estimate_memory else train(args)
+    except (TrainError, DataError, CheckpointError, DoesNotFit) as e:
         if not dist.is_initialized() or dist.get_rank() == 0:
             print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

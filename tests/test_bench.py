@@ -1,5 +1,5 @@
-"""bench.py runs end to end: every part (decode, training step, loss memory, bf16 parity) on a tiny shape,
-compiled as on a GPU.
+"""bench.py runs end to end: every part (decode, training step, loss memory, bf16 parity, offload) on a tiny
+shape, compiled as on a GPU.
 
 The numbers themselves are not tested (speed is measured, not asserted; see BENCHMARKS.md), but the
 script must not fail when a maintainer gets a GPU for a few minutes: its code paths run here on CPU.
@@ -13,7 +13,8 @@ import torch
 from conftest import ROOT
 
 SMOKE = ["--decode-shape", "smoke", "--train-shape", "smoke", "--train-seq", "64", "--loss-seq", "256",
-         "--decode-batch", "2", "--workload-shape", "smoke", "--workload", "8,2", "--compile"]
+         "--decode-batch", "2", "--workload-shape", "smoke", "--workload", "8,2", "--compile", "--offload-shapes", "smoke",
+         "--offload-seq", "64"]
 
 
 def bench(*args):
@@ -49,6 +50,12 @@ def test_every_part_runs_and_reports(tmp_path):
     (loss,) = res["loss"]
     assert loss["fused"]["extra_gb"] > 0 and loss["full"]["extra_gb"] > 0
 
+    from memory import OFFLOADS
+    assert [row["offload"] for row in res["offload"]] == list(OFFLOADS)
+    for row in res["offload"]:  # each choice trained (the tokens/s of the CPU rows are not a GPU's) and estimated
+        assert "error" not in row and row["tokens_per_s"] > 0 and row["speed_vs_none"] > 0 and row["estimate_gb"] > 0, row
+    assert res["offload"][0]["speed_vs_none"] == 1.0
+
     parity = res["parity"]
     assert parity["ours fp32 vs transformers fp32, max abs diff"] < 1e-4  # the same weights, the same model
     for name in ("ours", "transformers"):
@@ -63,14 +70,14 @@ def test_every_part_runs_and_reports(tmp_path):
         elif table:
             tables.append(table)
             table = []
-    assert [t[0].split("|")[1].strip() for t in tables] == ["batch", "shape", "T", "T", "comparison"]
-    assert [len(t) - 2 for t in tables] == [4, 4, 2, 1, 8]  # rows below the header and its rule
+    assert [t[0].split("|")[1].strip() for t in tables] == ["batch", "shape", "T", "T", "shape", "comparison"]
+    assert [len(t) - 2 for t in tables] == [4, 4, 2, 1, 4, 8]  # rows below the header and its rule
     for t in tables:
         assert len({line.count("|") for line in t}) == 1, t
 
 
 def test_bad_input_is_one_line_and_exit_2():
-    cases = [(["--skip", "decode,bogus"], "the parts are decode,loss,parity,train,workload")]
+    cases = [(["--skip", "decode,bogus"], "the parts are decode,loss,offload,parity,train,workload")]
     if not torch.cuda.is_available():  # with a GPU, --gpu is the GPU check itself
         cases.append((["--gpu"], "needs a CUDA device"))
     for args, fragment in cases:

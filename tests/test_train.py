@@ -259,3 +259,24 @@ def test_torchrun_sh_commands():
                        timeout=30)
     assert ("srun --nodes=2 --ntasks-per-node=1 torchrun --nnodes=2 --nproc_per_node=8 --rdzv_id=42 "
             "--rdzv_backend=c10d --rdzv_endpoint=node0:29500 train.py --resume") in r.stderr
+
+
+def test_every_offload_choice_gives_the_plain_runs_steps_and_resumes(setup, tmp_path, capsys):
+    # Offload moves tensors, never changes a number: fp32, checkpointed blocks (whose inputs activation
+    # offload moves). Activation offload is each process's own affair: 1 process, as the plain run. The
+    # optimizer's is sharded: 2 processes under torchrun, and as a checkpoint holds the optimizer's state,
+    # which it keeps in host memory, the run with both stops after step 2 and resumes from its checkpoint.
+    args = lambda out, choice, *extra: base_args(setup, tmp_path / out, "--offload", choice,
+                                                 "--activation-checkpointing", "on", *extra)
+    train.main(args("plain", "auto"))
+    assert "offload: none (auto: on a CPU there is no GPU memory to save)" in capsys.readouterr().out
+    train.main(args("activations", "activations"))
+    torchrun(args("optimizer", "optimizer"))
+    torchrun(args("optimizer+activations", "optimizer+activations", "--stop-at-step", "2"))
+    torchrun(args("optimizer+activations", "optimizer+activations", "--resume"))
+    ref = log(tmp_path / "plain")
+    for choice in ("activations", "optimizer", "optimizer+activations"):
+        got = log(tmp_path / choice)
+        assert [r["step"] for r in got] == [1, 2, 3, 4], choice
+        for a, b in zip(ref, got):
+            assert abs(a["loss"] - b["loss"]) <= 1e-5 and abs(a["grad_norm"] - b["grad_norm"]) <= 1e-5, (choice, a, b)
