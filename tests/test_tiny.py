@@ -3,7 +3,7 @@ The tiny CPU run of issue 6: its data, its tokenizer, and the whole recipe end t
 
 The sums are checked against Python's integers, the tokenizer against transformers' loading of it and
 against the real Qwen2.5 tokenizer (byte ids, chat template; skipped where ../shared is absent), and the
-end-to-end run goes through the real command lines: data.py tiny, train.py --tiny (a smaller model and a
+end-to-end run goes through the real command lines: tiny.py, train.py --tiny (a smaller model and a
 few hundred steps), sample.py --wait 2, eval.py --tasks tiny.
 """
 
@@ -19,6 +19,7 @@ import torch
 from conftest import ROOT
 
 import data
+import tiny
 
 QWEN_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 
@@ -39,14 +40,14 @@ def expected_check(a, b):
 
 
 def test_rows_are_s1k_rows_whose_checks_add_up():
-    train, test = data.tiny_dataset(3000, 100, seed=1)
-    kinds = dict.fromkeys(["glance right", "glance wrong", "checked", "confirmed", "cut", "answered wrong"], 0)
-    tok = data.tiny_tokenizer()
+    train, test = tiny.dataset(3000, 100, seed=1)
+    kinds = dict.fromkeys(["glance right", "glance wrong", "checked", "confirmed", "answered wrong"], 0)
     for r in train:
         assert set(r) >= {"question", "thinking_trajectories", "attempt"}
         a, b = operands(r["question"])
         glance_line, _, rest = r["thinking_trajectories"][0].partition("\n")
-        glance = int(re.fullmatch(r"Quick sum: (\d{3})\.", glance_line).group(1))
+        # The glance writes both numbers again, then their sum at a glance.
+        glance = int(re.fullmatch(rf"Quick sum: {a} \+ {b} = (\d{{3}})\.", glance_line).group(1))
         # A glance adds every column but may drop carries: each digit is the column's digit sum, plus
         # either 0 or the carry coming in.
         for i in range(3):
@@ -54,32 +55,28 @@ def test_rows_are_s1k_rows_whose_checks_add_up():
             assert glance // 10 ** i % 10 in {digit_sum % 10, (digit_sum + 1) % 10}
         kinds["glance right" if glance == a + b else "glance wrong"] += 1
         stated, check = glance, expected_check(a, b)
-        if rest in (check, check + "\nWait, that is right."):
+        if rest:  # a check is always whole (a budget's cut is never trained), and answered with its sum
+            assert rest in (check, check + "\nWait, that is right."), rest
             kinds["checked"] += 1
             kinds["confirmed"] += rest != check
             stated = a + b
-        elif rest:
-            # Cut off by a budget before the sum: a prefix of the check that ends where a token ends,
-            # answered with the glance.
-            assert rest.startswith("Wait") and check.startswith(rest) and not re.search(r"sum: \d", rest), rest
-            cut, full = (tok.encode(f"{glance_line}\n{t}").ids for t in (rest, check))
-            assert full[:len(cut)] == cut
-            kinds["cut"] += 1
         assert r["attempt"] == f"Final Answer: {stated}" and r["answer"] == str(a + b)
         kinds["answered wrong"] += stated != a + b
     # The hasty solver: right and wrong glances, checks (some confirmed by a second Wait), wrong answers.
     assert all(kinds[k] > 0.05 * len(train) for k in kinds) and kinds["glance wrong"] > 0.3 * len(train), kinds
+    # Whether a glance is checked barely depends on whether it is right: a greedy model never checks.
+    assert kinds["checked"] < 0.5 * len(train)
     held_out = {operands(r["problem"]) for r in test}
     assert len(held_out) == len(test) == 100 and all(r["answer"] == str(sum(operands(r["problem"]))) for r in test)
     assert not held_out & {operands(r["question"]) for r in train}
     assert not held_out & {operands(r["question"])[::-1] for r in train}
-    assert data.tiny_dataset(50, 10, seed=1) == data.tiny_dataset(50, 10, seed=1) != data.tiny_dataset(50, 10, seed=2)
+    assert tiny.dataset(50, 10, seed=1) == tiny.dataset(50, 10, seed=1) != tiny.dataset(50, 10, seed=2)
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("data") / "tiny"  # laid out as eval.py's --data-dir expects
-    run([sys.executable, "data.py", "tiny", "--out", str(out), "--n-train", "1000", "--n-test", "16"])
+    run([sys.executable, "tiny.py", "--out", str(out), "--n-train", "1000", "--n-test", "16"])
     return out
 
 
@@ -112,7 +109,7 @@ def test_tokenizer_loads_in_transformers_and_keeps_digits_and_wait_whole(tiny_di
         assert len(tok.encode("Wait", add_special_tokens=False)) == 1
         assert tok.encode("<|im_start|>think", add_special_tokens=False) == tok.convert_tokens_to_ids(["<|im_start|>", "think"])
         assert tok.tokenize("What is 347 plus 285?") == ["What", "Ġis", "Ġ", "3", "4", "7", "Ġplus", "Ġ", "2", "8", "5", "?"]
-        assert tok.convert_tokens_to_ids(data.SPECIAL_TOKENS) == [len(tok) - 3, len(tok) - 2, len(tok) - 1]
+        assert tok.convert_tokens_to_ids(tiny.SPECIAL_TOKENS) == [len(tok) - 3, len(tok) - 2, len(tok) - 1]
         assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
     # The training rows go through data.py's s1 formatting: the prompt's tokens prefix the full text's.
     examples = data.build_examples(data.load_rows(str(tiny_dir / "train.jsonl")), toks[1])
@@ -124,7 +121,7 @@ def test_tokenizer_matches_qwen_bytes_and_chat_template(tiny_dir, qwen_tokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_dir / "tokenizer")
     # The 256 byte symbols have Qwen2.5's ids ("\n" is 198), so byte-level text lines up with Qwen's.
-    symbols = list(data.tiny_byte_symbols().values())
+    symbols = list(tiny.byte_symbols().values())
     assert tok.convert_tokens_to_ids(symbols) == qwen_tokenizer.convert_tokens_to_ids(symbols) == list(range(256))
     conversations = [
         [{"role": "user", "content": "What is 347 plus 285?"}],
@@ -135,11 +132,11 @@ def test_tokenizer_matches_qwen_bytes_and_chat_template(tiny_dir, qwen_tokenizer
         for gen in (False, True):
             ours = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
             qwen = qwen_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
-            assert ours == qwen.replace(QWEN_SYSTEM, data.TINY_SYSTEM)
+            assert ours == qwen.replace(QWEN_SYSTEM, tiny.SYSTEM)
 
 
 def test_data_command_refuses_bad_counts(tmp_path):
-    p = subprocess.run([sys.executable, "data.py", "tiny", "--out", str(tmp_path / "d"), "--n-train", "0"],
+    p = subprocess.run([sys.executable, "tiny.py", "--out", str(tmp_path / "d"), "--n-train", "0"],
                        cwd=ROOT, capture_output=True, text=True)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "--n-train" in p.stderr
     assert not (tmp_path / "d").exists()
