@@ -7,7 +7,7 @@ checkpoints (torch.distributed.checkpoint) and the Hugging Face export, then the
 
     torchrun --nproc_per_node 8 train.py      # s1-32B on one 8-GPU node (s1's defaults, no flags)
     bash torchrun.sh                          # 2 nodes x 8 GPUs, as s1 did; SLURM too
-    python train.py --tiny                    # the tiny CPU run (its data and tokenizer come from data.py)
+    python train.py --tiny                    # the tiny CPU run (its data and tokenizer come from tiny.py)
 
 Loss as s1: each sequence's loss is the mean over its trained tokens; a step averages the 16 sequences
 of the global batch, whatever their lengths. Sequences are not packed. What it leaves out: tensor,
@@ -471,6 +471,9 @@ def train(args):
         export_hf(model, config, args.out_dir, param_dtype, tokenizer,
                   ckpt_dir and os.path.join(ckpt_dir, "generation_config.json"), rank)
         say(f"exported the fine-tuned model to {args.out_dir} (Hugging Face format)")
+        if args.tiny and master:  # the first run says whether it learned what it was meant to (tiny.py)
+            from tiny import self_check_report
+            say(self_check_report(args.out_dir, args.data, args.seed))
     if wandb:
         wandb.finish()  # here, not at exit: the script ends with os._exit, which runs no exit handlers
 
