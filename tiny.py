@@ -3,19 +3,23 @@ The tiny s1: a reasoning task small enough to train a model from scratch on a la
 
 It is written as s1K rows, so that the very same train.py / sample.py / eval.py run on it: add two
 3-digit numbers. Every thinking trace is a hasty solver's. It writes the two numbers again and their
-sum at a glance, and a glance drops each carry 70% of the time ("What is 347 plus 285?" "Quick sum:
-347 + 285 = 522."). Now and then it writes "Wait", adds column by column with the carries and answers
-with the checked sum (a few checks end with a second "Wait, that is right."); otherwise it answers
-with its glance, so about a quarter of the training answers are wrong, as a hasty solver's would be.
-Whether a trace checks barely depends on its glance (45% of the wrong glances, 20% of the right
-ones), so a greedy model never checks by itself: budget forcing decides. Forcing "Wait" where it
-would stop makes it check; a thinking budget too small for the check cuts it off mid-sum, and then
-the forced answer is nonsense, since no trace ever stops there.
+sum at a glance, which adds each column and drops every carry ("What is 347 plus 285?" "Quick sum:
+347 + 285 = 522."), so a glance is right only when no column carries (about a third of the sums).
+In 40% of the traces, whatever the glance, it then writes "Wait", adds column by column with the
+carries and answers with the checked sum (some checks end with a second "Wait, that is right: 632.");
+otherwise it answers with its glance, so 38% of the training answers are wrong. Since a trace checks
+less often than not, whatever its glance, a greedy model never checks by itself: budget forcing
+decides. Forcing "Wait" where it would stop makes it check; a thinking budget too small for the check
+cuts it off mid-sum, and then the forced answer is nonsense, since no trace ever stops there.
 
-Why the glance writes the numbers again: then every digit that the glance and the check add stands a
-short, fixed distance back in the model's own text, which attention learns early. When the check had
-to read its digits from the question, 50-70 tokens back, those look-ups were learned last: suddenly,
-late in the run, and on some seeds (or CPUs) not at all.
+The layout is what makes a 0.8M-parameter model learn the check on every seed tried, in 3 epochs:
+- the glance writes the numbers again, so every digit the glance and the check add stands a short,
+  fixed distance back in the model's own text. When the check read its digits from the question,
+  50-70 tokens back, those look-ups were learned last, suddenly, and on some seeds (CPUs) never;
+- the glance drops every carry (not a random 70% of them), so it is a plain function of the numbers
+  that the model learns exactly, and the check only adds the carries to it;
+- every answer copies the number just before it: the glance, the column sum, or the sum that the
+  second Wait confirms (a confirmation without its number was answered with a mix of both).
 
 Also here: the tokenizer (Qwen2.5's, with a vocabulary of a few words) and the self-check that ends
 `train.py --tiny`. What it leaves out: traces whose check a budget cuts off and that fall back on the
@@ -37,9 +41,8 @@ from model import atomic_write, dump_json  # files written whole or not at all
 
 OUT = "data/tiny"
 N_TRAIN, N_TEST, SEED = 10000, 200, 0
-SLIP = 0.7  # the glance drops each carry with this probability
-CHECK_WRONG, CHECK_RIGHT = 0.45, 0.2  # how often a wrong / a right glance is checked
-TWICE = 0.3  # checks that end with a second "Wait" confirming the sum
+CHECK = 0.4  # the share of traces that check their glance, whether it is right or wrong
+TWICE = 0.3  # the share of checks that end with a second "Wait" confirming the sum
 COLUMNS = ("ones", "tens", "hundreds")  # the check's lines, right to left
 SELF_CHECK_SUMS = 20  # held-out sums that the end of `train.py --tiny` answers with one Wait
 SELF_CHECK_PASS = 0.8  # the share a run that learned the check passes (it gets 95-100%; one that did not, ~50%)
@@ -79,18 +82,17 @@ def problem(rng) -> tuple[int, int]:
 def example(a: int, b: int, rng) -> dict:
     """One s1K-format row: question, thinking trajectory (the glance, maybe the check) and attempt."""
     x, y = [a // 10 ** i % 10 for i in range(3)], [b // 10 ** i % 10 for i in range(3)]  # ones first
-    glance, glance_carry, carry, columns = 0, 0, 0, []
+    glance = sum((x[i] + y[i]) % 10 * 10 ** i for i in range(3))  # each column's digit sum, no carries
+    carry, columns = 0, []
     for i in range(3):
-        glance += (x[i] + y[i] + glance_carry) % 10 * 10 ** i
-        glance_carry = int(x[i] + y[i] + glance_carry >= 10 and rng.random() >= SLIP)
         s = x[i] + y[i] + carry
         columns.append(f"{COLUMNS[i]}: {x[i]}+{y[i]}+{carry}={s:02d}")
         carry = s // 10
     thinking, answer = f"Quick sum: {a} + {b} = {glance}.", glance
-    if rng.random() < (CHECK_WRONG if glance != a + b else CHECK_RIGHT):
+    if rng.random() < CHECK:
         thinking += "\nWait, let me add column by column.\n" + "\n".join(columns) + f"\nColumn sum: {a + b}."
         if rng.random() < TWICE:
-            thinking += "\nWait, that is right."
+            thinking += f"\nWait, that is right: {a + b}."
         answer = a + b
     return dict(question=question(a, b), thinking_trajectories=[thinking],
                 attempt=f"Final Answer: {answer}", answer=str(a + b))
@@ -178,28 +180,29 @@ def save_tokenizer(tok, out_dir: str):
 # The self-check at the end of `train.py --tiny`: did this run learn to check?
 
 
-def self_check(model_dir: str, test_file: str, n: int = SELF_CHECK_SUMS) -> tuple[int, int]:
-    """(right, asked): the first n held-out sums of test_file, answered greedily with one forced Wait."""
-    from sample import generate, load_model  # sample.py decodes; only a finished run gets this far
+def self_check(model, tokenizer, rows) -> int:
+    """How many of the held-out sums `rows` the model answers right, greedily, with one forced Wait."""
+    from sample import generate  # sample.py decodes; only a finished run gets this far
 
-    with open(test_file) as f:
-        rows = [json.loads(line) for line in f][:n]
-    model, tokenizer = load_model(model_dir)
-    # A check is about 80 tokens; a model that never learned to stop is cut off well before its context.
+    # A check is under 100 tokens; a model that never learned to stop is cut off well before its context.
     gens = generate(model, tokenizer, [r["problem"] for r in rows], wait=1, max_new_tokens=200)
     answers = [re.search(r"Final Answer:\s*(\d+)", g.answer) for g in gens]
-    return sum(m is not None and m.group(1) == r["answer"] for m, r in zip(answers, rows)), len(rows)
+    return sum(m is not None and m.group(1) == r["answer"] for m, r in zip(answers, rows))
 
 
 def self_check_report(model_dir: str, data_file: str, seed: int) -> str:
     """One line for the end of `train.py --tiny`: whether the model learned its check, and if not, what to do."""
+    from sample import load_model
+
     test_file = os.path.join(os.path.dirname(data_file), "test.jsonl")
     if not os.path.isfile(test_file):
         return f"self-check skipped: no held-out sums at {test_file} (`python tiny.py` writes them beside train.jsonl)"
-    right, asked = self_check(model_dir, test_file)
-    if right >= SELF_CHECK_PASS * asked:
-        return f"self-check: {right} of {asked} held-out sums right with one Wait: the model learned its check"
-    return (f"self-check: only {right} of {asked} held-out sums right with one Wait: this run did not learn "
+    with open(test_file) as f:
+        rows = [json.loads(line) for line in f][:SELF_CHECK_SUMS]
+    right = self_check(*load_model(model_dir), rows)
+    if right >= SELF_CHECK_PASS * len(rows):
+        return f"self-check: {right} of {len(rows)} held-out sums right with one Wait: the model learned its check"
+    return (f"self-check: only {right} of {len(rows)} held-out sums right with one Wait: this run did not learn "
             f"the column check (an unlucky seed); train again with another seed, e.g. `python train.py --tiny "
             f"--seed {seed + 1} --out-dir {model_dir}-{seed + 1}`")
 
