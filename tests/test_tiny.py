@@ -209,9 +209,10 @@ def test_a_run_of_a_few_steps_says_it_did_not_learn(tiny_dir, tmp_path):
 def test_the_whole_recipe_end_to_end(tiny_dir, tmp_path):
     """CI's shortened first run: data, train from scratch, sample with Wait, eval; every file written."""
     out, ev = tmp_path / "model", tmp_path / "eval"
-    p = run([sys.executable, "train.py", "--tiny", "--data", str(tiny_dir / "train.jsonl"), "--tokenizer",
-         str(tiny_dir / "tokenizer"), "--out-dir", str(out), "--n-layer", "2", "--n-embd", "64", "--mlp", "192",
-         "--epochs", "4", "--global-batch", "16", "--micro-batch", "16", "--lr", "3e-3", "--log-every", "50"])
+    trained = run([sys.executable, "train.py", "--tiny", "--data", str(tiny_dir / "train.jsonl"), "--tokenizer",
+                   str(tiny_dir / "tokenizer"), "--out-dir", str(out), "--n-layer", "2", "--n-embd", "64",
+                   "--mlp", "192", "--epochs", "4", "--global-batch", "16", "--micro-batch", "16", "--lr", "3e-3",
+                   "--log-every", "50"])
     log = [json.loads(line) for line in open(out / "log.jsonl")]
     assert len(log) == 4 * 63  # 4 epochs of ceil(1000 / 16) steps (the last batch is filled up)
     first, last = (sum(r["loss"] for r in part) / len(part) for part in (log[:10], log[-10:]))
@@ -246,6 +247,7 @@ def test_the_whole_recipe_end_to_end(tiny_dir, tmp_path):
     assert capped["n"] == 16 and capped["thinking_tokens_mean"] <= 4 and capped["hit_budget"] == 16
     assert results["settings"]["budget=none,wait=1"]["waits_mean"] == 1
     # The run's own self-check (its last line) on the same sums agrees with eval.py's grader.
-    line, right = p.stdout.splitlines()[-1], sum(s["correct"] for s in samples if s["setting"] == "budget=none,wait=1")
+    line = trained.stdout.splitlines()[-1]
+    right = sum(s["correct"] for s in samples if s["setting"] == "budget=none,wait=1")
     assert re.match(r"self-check: (only )?\d+ of 16 held-out sums right with one Wait", line), line
     assert ("learned its check" in line) == (right >= tiny.SELF_CHECK_PASS * 16), (line, right)
