@@ -2,32 +2,22 @@
 The tiny s1: a reasoning task small enough to train a model from scratch on a laptop CPU in minutes.
 
 It is written as s1K rows, so that the very same train.py / sample.py / eval.py run on it: add two
-3-digit numbers. Every thinking trace is a hasty solver's. It writes the two numbers again and their
-sum at a glance, which adds each column and drops every carry ("What is 347 plus 285?" "Quick sum:
-347 + 285 = 522."), so a glance is right only when no column carries (about a third of the sums).
-In 40% of the traces, whatever the glance, it then writes "Wait", adds column by column with the
-carries and answers with the checked sum (some checks end with a second "Wait, that is right: 632.");
-otherwise it answers with its glance, so 38% of the training answers are wrong. Since a trace checks
-less often than not, whatever its glance, a greedy model never checks by itself: budget forcing
-decides. Forcing "Wait" where it would stop makes it check; a thinking budget too small for the check
-cuts it off mid-sum, and then the forced answer is nonsense, since no trace ever stops there.
-
-The layout is meant to let a 0.8M-parameter model learn the check in 3 epochs. It does not do so
-reliably yet: of four seeds measured (torch 2.13.0, one thread), only 42 learned it; seeds 0, 1 and 2
-ended without the digit sums of one or two columns, in the glance and the check alike (README). Why
-the layout is as it is:
-- the glance writes the numbers again, so every digit the glance and the check add stands a short,
-  fixed distance back in the model's own text. When the check read its digits from the question,
-  50-70 tokens back, those look-ups were learned last, suddenly, and on some seeds (CPUs) never;
-- the glance drops every carry (not a random 70% of them), so it is a plain function of the numbers
-  that the model learns exactly, and the check only adds the carries to it;
-- every answer copies the number just before it: the glance, the column sum, or the sum that the
-  second Wait confirms (a confirmation without its number was answered with a mix of both).
+3-digit numbers. Every thinking trace is a hasty solver's. It first writes the sum at a glance, and a
+glance drops each carry 70% of the time ("What is 347 plus 285?" "Quick sum: 522."). Now and then it
+writes "Wait", adds column by column with the carries and answers with the checked sum (and a few
+checks end with a second "Wait, that is right."); otherwise it answers with its glance, so about a
+quarter of the training answers are wrong, as a hasty solver's would be. Whether a trace checks barely
+depends on its glance (45% of the wrong glances, 20% of the right ones), so a greedy model never checks
+by itself: budget forcing decides. Forcing "Wait" where it would stop makes it check. Some checks are
+cut off before their sum, as a thinking budget would cut them, and answered with the glance, to teach
+a model whose check is cut to fall back on its first guess (few runs learn that: see the README).
+Every trace has one layout (3-digit operands, sums below 1000, two-digit column sums, each column
+named), so the digits a line adds are easy to find. Learning to add is a sudden step in the loss of a
+0.8M-parameter model, and not every seed takes it within the run: the README gives the seeds measured,
+and the self-check at the end of `train.py --tiny` tells a run that did not learn.
 
 Also here: the tokenizer (Qwen2.5's, with a vocabulary of a few words) and the self-check that ends
-`train.py --tiny`. What it leaves out: traces whose check a budget cuts off and that fall back on the
-glance (tried: only some runs learned that fallback, so a cut-off check would teach luck), and any
-arithmetic beyond 3-digit sums.
+`train.py --tiny`. What it leaves out: any arithmetic beyond 3-digit sums.
 
     python tiny.py      # data/tiny/train.jsonl, test.jsonl (held-out problems), tokenizer/
 """
@@ -44,8 +34,10 @@ from model import atomic_write, dump_json  # files written whole or not at all
 
 OUT = "data/tiny"
 N_TRAIN, N_TEST, SEED = 10000, 200, 0
-CHECK = 0.4  # the share of traces that check their glance, whether it is right or wrong
-TWICE = 0.3  # the share of checks that end with a second "Wait" confirming the sum
+SLIP = 0.7  # the glance drops each carry with this probability
+CHECK_WRONG, CHECK_RIGHT = 0.45, 0.2  # how often a wrong / a right glance is checked
+TWICE = 0.3  # checks that end with a second "Wait" confirming the sum
+CUT = 0.3  # checks cut off by a thinking budget before their sum, answered with the glance
 COLUMNS = ("ones", "tens", "hundreds")  # the check's lines, right to left
 # The self-check at the end of `train.py --tiny`: held-out sums answered with one Wait, and the share to pass.
 # 20 sums were too few: a run right on 75% of all 200 got 19 of the first 20 (79 of the first 100).
@@ -87,18 +79,26 @@ def problem(rng) -> tuple[int, int]:
 def example(a: int, b: int, rng) -> dict:
     """One s1K-format row: question, thinking trajectory (the glance, maybe the check) and attempt."""
     x, y = [a // 10 ** i % 10 for i in range(3)], [b // 10 ** i % 10 for i in range(3)]  # ones first
-    glance = sum((x[i] + y[i]) % 10 * 10 ** i for i in range(3))  # each column's digit sum, no carries
-    carry, columns = 0, []
+    glance, glance_carry, carry, columns = 0, 0, 0, []
     for i in range(3):
+        glance += (x[i] + y[i] + glance_carry) % 10 * 10 ** i
+        glance_carry = int(x[i] + y[i] + glance_carry >= 10 and rng.random() >= SLIP)
         s = x[i] + y[i] + carry
         columns.append(f"{COLUMNS[i]}: {x[i]}+{y[i]}+{carry}={s:02d}")
         carry = s // 10
-    thinking, answer = f"Quick sum: {a} + {b} = {glance}.", glance
-    if rng.random() < CHECK:
-        thinking += "\nWait, let me add column by column.\n" + "\n".join(columns) + f"\nColumn sum: {a + b}."
-        if rng.random() < TWICE:
-            thinking += f"\nWait, that is right: {a + b}."
-        answer = a + b
+    thinking, answer = f"Quick sum: {glance}.", glance
+    if rng.random() < (CHECK_WRONG if glance != a + b else CHECK_RIGHT):
+        check = "\n".join(["Wait, let me add column by column.", *columns, f"Column sum: {a + b}."])
+        if rng.random() < CUT:
+            # Cut off by a thinking budget after some token of the check, before its sum: the solver
+            # falls back on its glance.
+            pieces = [piece for piece, _ in qwen_split().pre_tokenize_str(check)]  # a cut there ends a token
+            check = "".join(pieces[:rng.randrange(1, len(pieces) - 4)])  # the last 4: "6", "3", "2", "."
+        else:
+            answer = a + b
+            if rng.random() < TWICE:
+                check += "\nWait, that is right."
+        thinking += "\n" + check
     return dict(question=question(a, b), thinking_trajectories=[thinking],
                 attempt=f"Final Answer: {answer}", answer=str(a + b))
 

@@ -64,7 +64,7 @@ SEED = 42
 # The tiny CPU run (`--tiny`; its data from tiny.py): a small Qwen2-shaped model from scratch on synthetic sums.
 TINY = dict(data="data/tiny/train.jsonl", tokenizer="data/tiny/tokenizer", out_dir="out/tiny",
             init_from_scratch=True, n_layer=4, n_embd=128, n_head=4, n_kv_head=2, mlp=384,
-            block_size=512, dtype="float32", epochs=3, lr=3e-3, warmup_ratio=0.05, weight_decay=0.1,
+            block_size=512, dtype="float32", epochs=5, lr=3e-3, warmup_ratio=0.05, weight_decay=0.1,
             global_batch=32, micro_batch=32, save_every=200, activation_checkpointing="off")
 
 # Dense bf16 peak of one accelerator, matched against torch.cuda.get_device_name(), longest name first.

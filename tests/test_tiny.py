@@ -47,27 +47,35 @@ def expected_check(a, b):
 
 def test_rows_are_s1k_rows_whose_checks_add_up():
     train, test = tiny.dataset(3000, 100, seed=1)
-    checked = {True: [], False: []}  # glance right -> whether each trace checks
-    confirmed = answered_wrong = 0
+    kinds = dict.fromkeys(["glance right", "glance wrong", "checked", "confirmed", "cut", "answered wrong"], 0)
+    tok = tiny.build_tokenizer()
     for r in train:
         assert set(r) >= {"question", "thinking_trajectories", "attempt"}
         a, b = operands(r["question"])
         glance_line, _, rest = r["thinking_trajectories"][0].partition("\n")
-        # The glance writes both numbers again, then their sum with every carry dropped.
-        assert glance_line == f"Quick sum: {a} + {b} = {carry_free_sum(a, b)}."
-        stated, check = carry_free_sum(a, b), expected_check(a, b)
-        if rest:  # a check is always whole (a budget's cut is never trained), and answered with its sum
-            assert rest in (check, check + f"\nWait, that is right: {a + b}."), rest
-            confirmed += rest != check
+        glance = int(re.fullmatch(r"Quick sum: (\d{3})\.", glance_line).group(1))
+        # A glance adds every column but may drop carries: each digit is the column's digit sum, plus
+        # either 0 or the carry coming in.
+        for i in range(3):
+            digit_sum = a // 10 ** i % 10 + b // 10 ** i % 10
+            assert glance // 10 ** i % 10 in {digit_sum % 10, (digit_sum + 1) % 10}
+        kinds["glance right" if glance == a + b else "glance wrong"] += 1
+        stated, check = glance, expected_check(a, b)
+        if rest in (check, check + "\nWait, that is right."):
+            kinds["checked"] += 1
+            kinds["confirmed"] += rest != check
             stated = a + b
-        checked[carry_free_sum(a, b) == a + b].append(bool(rest))
+        elif rest:
+            # Cut off by a budget before the sum: a prefix of the check that ends where a token ends,
+            # answered with the glance.
+            assert rest.startswith("Wait") and check.startswith(rest) and not re.search(r"sum: \d", rest), rest
+            cut, full = (tok.encode(f"{glance_line}\n{t}").ids for t in (rest, check))
+            assert full[:len(cut)] == cut
+            kinds["cut"] += 1
         assert r["attempt"] == f"Final Answer: {stated}" and r["answer"] == str(a + b)
-        answered_wrong += stated != a + b
+        kinds["answered wrong"] += stated != a + b
     # The hasty solver: right and wrong glances, checks (some confirmed by a second Wait), wrong answers.
-    assert 0.25 < len(checked[True]) / len(train) < 0.45 and 0.3 < answered_wrong / len(train) < 0.45
-    assert 0.2 < confirmed / sum(checked[True] + checked[False]) < 0.4
-    # A trace checks less often than not, whatever its glance: a greedy model never checks by itself.
-    assert all(0.35 < sum(c) / len(c) < 0.45 for c in checked.values()), {k: sum(c) / len(c) for k, c in checked.items()}
+    assert all(kinds[k] > 0.05 * len(train) for k in kinds) and kinds["glance wrong"] > 0.3 * len(train), kinds
     held_out = {operands(r["problem"]) for r in test}
     assert len(held_out) == len(test) == 100 and all(r["answer"] == str(sum(operands(r["problem"]))) for r in test)
     assert not held_out & {operands(r["question"]) for r in train}
@@ -162,11 +170,11 @@ def scripted_solver(tok, rows, checks: bool):
         said = a + b if checks else glance
         # What follows the forced "Wait" (the next token may not end thinking again): the check, or
         # the glance confirmed.
-        check = expected_check(a, b) if checks else f"Wait, that is right: {glance}."
+        check = expected_check(a, b) if checks else "Wait, that is right."
         check = check.removeprefix("Wait") + "\n"
         # Each <|im_start|> is where the model would end its thinking: the first gets the Wait instead,
         # the second the forced "<|im_start|>answer" (two tokens, so "answer" stands in the script too).
-        scripts.append(enc(f"\nQuick sum: {a} + {b} = {glance}.\n") + [im_start] + enc(check) + [im_start, answer]
+        scripts.append(enc(f"\nQuick sum: {glance}.\n") + [im_start] + enc(check) + [im_start, answer]
                        + enc(f"\nFinal Answer: {said}") + [im_end])
         prompts.append(enc(sample.build_prompt(tok, r["problem"])))
     return ScriptedLM(prompts, scripts, vocab_size=384)
