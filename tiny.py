@@ -40,9 +40,10 @@ TWICE = 0.3  # checks that end with a second "Wait" confirming the sum
 CUT = 0.3  # checks cut off by a thinking budget before their sum, answered with the glance
 COLUMNS = ("ones", "tens", "hundreds")  # the check's lines, right to left
 # The self-check at the end of `train.py --tiny`: held-out sums answered with one Wait, and the share to pass.
-# 20 sums were too few: a run right on 75% of all 200 got 19 of the first 20 (79 of the first 100).
+# Runs that learned the check got 88 and 100 of these 100 (90% and 100% of all 200), one that did not 17% of
+# all 200; 20 sums were too few (a run right on 75% of all 200 got 19 of the first 20).
 SELF_CHECK_SUMS = 100
-SELF_CHECK_PASS = 0.9
+SELF_CHECK_PASS = 0.8
 SYSTEM = "You are a tiny model that adds numbers."  # the chat template's default system prompt
 # The words the tokenizer keeps whole ("Wait" among them), with and without a leading space. Digits are
 # single tokens anyway: Qwen2.5's pre-tokenizer splits every digit off on its own.
