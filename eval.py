@@ -134,7 +134,7 @@ TASKS = {
                          rows=gpqa_rows, grader="choice", hint=GPQA_ACCESS),
     # The tiny CPU run's held-out sums (issue 6): 3-digit additions, never in the training rows.
     "tiny": dict(hub=None, local="tiny/test.jsonl", rows=jsonl_rows, grader="integer",
-                 hint="write it with `python data.py tiny` (the README's first run)"),
+                 hint="write it with `python tiny.py` (the README's first run)"),
 }
 
 

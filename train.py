@@ -7,7 +7,7 @@ checkpoints (torch.distributed.checkpoint) and the Hugging Face export, then the
 
     torchrun --nproc_per_node 8 train.py      # s1-32B on one 8-GPU node (s1's defaults, no flags)
     bash torchrun.sh                          # 2 nodes x 8 GPUs, as s1 did; SLURM too
-    python train.py --tiny                    # the tiny CPU run (its data and tokenizer come from data.py)
+    python train.py --tiny                    # the tiny CPU run (its data and tokenizer come from tiny.py)
     python train.py --estimate-memory --world-size 8    # what fits, per GPU, without a GPU (memory.py)
 
 Loss as s1: each sequence's loss is the mean over its trained tokens; a step averages the 16 sequences
@@ -61,7 +61,7 @@ DTYPE = "auto"  # s1: bf16 on GPU (bf16 params, fp32 reductions, fp32 master wei
 SAVE_EVERY = 50
 SEED = 42
 
-# The tiny CPU run of issue 6 (`--tiny`): a small Qwen2-shaped model from scratch on synthetic data.
+# The tiny CPU run (`--tiny`; its data from tiny.py): a small Qwen2-shaped model from scratch on synthetic sums.
 TINY = dict(data="data/tiny/train.jsonl", tokenizer="data/tiny/tokenizer", out_dir="out/tiny",
             init_from_scratch=True, n_layer=4, n_embd=128, n_head=4, n_kv_head=2, mlp=384,
             block_size=512, dtype="float32", epochs=5, lr=3e-3, warmup_ratio=0.05, weight_decay=0.1,
@@ -493,6 +493,9 @@ def train(args):
         export_hf(model, config, args.out_dir, param_dtype, tokenizer,
                   ckpt_dir and os.path.join(ckpt_dir, "generation_config.json"), rank)
         say(f"exported the fine-tuned model to {args.out_dir} (Hugging Face format)")
+        if args.tiny and master:  # the first run says whether it learned what it was meant to (tiny.py)
+            from tiny import self_check_report
+            say(self_check_report(args.out_dir, args.data, args.seed))
     if wandb:
         wandb.finish()  # here, not at exit: the script ends with os._exit, which runs no exit handlers
 

@@ -3,7 +3,7 @@ The tiny CPU run of issue 6: its data, its tokenizer, and the whole recipe end t
 
 The sums are checked against Python's integers, the tokenizer against transformers' loading of it and
 against the real Qwen2.5 tokenizer (byte ids, chat template; skipped where ../shared is absent), and the
-end-to-end run goes through the real command lines: data.py tiny, train.py --tiny (a smaller model and a
+end-to-end run goes through the real command lines: tiny.py, train.py --tiny (a smaller model and a
 few hundred steps), sample.py --wait 2, eval.py --tasks tiny.
 """
 
@@ -19,6 +19,8 @@ import torch
 from conftest import ROOT
 
 import data
+import sample
+import tiny
 
 QWEN_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 
@@ -26,6 +28,11 @@ QWEN_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assista
 def operands(question):
     a, b = re.fullmatch(r"What is (\d{3}) plus (\d{3})\?", question).groups()
     return int(a), int(b)
+
+
+def carry_free_sum(a, b):
+    """The sum with every carry dropped."""
+    return sum((a // 10 ** i + b // 10 ** i) % 10 * 10 ** i for i in range(3))
 
 
 def expected_check(a, b):
@@ -39,9 +46,9 @@ def expected_check(a, b):
 
 
 def test_rows_are_s1k_rows_whose_checks_add_up():
-    train, test = data.tiny_dataset(3000, 100, seed=1)
+    train, test = tiny.dataset(3000, 100, seed=1)
     kinds = dict.fromkeys(["glance right", "glance wrong", "checked", "confirmed", "cut", "answered wrong"], 0)
-    tok = data.tiny_tokenizer()
+    tok = tiny.build_tokenizer()
     for r in train:
         assert set(r) >= {"question", "thinking_trajectories", "attempt"}
         a, b = operands(r["question"])
@@ -73,13 +80,13 @@ def test_rows_are_s1k_rows_whose_checks_add_up():
     assert len(held_out) == len(test) == 100 and all(r["answer"] == str(sum(operands(r["problem"]))) for r in test)
     assert not held_out & {operands(r["question"]) for r in train}
     assert not held_out & {operands(r["question"])[::-1] for r in train}
-    assert data.tiny_dataset(50, 10, seed=1) == data.tiny_dataset(50, 10, seed=1) != data.tiny_dataset(50, 10, seed=2)
+    assert tiny.dataset(50, 10, seed=1) == tiny.dataset(50, 10, seed=1) != tiny.dataset(50, 10, seed=2)
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("data") / "tiny"  # laid out as eval.py's --data-dir expects
-    run([sys.executable, "data.py", "tiny", "--out", str(out), "--n-train", "1000", "--n-test", "16"])
+    run([sys.executable, "tiny.py", "--out", str(out), "--n-train", "1000", "--n-test", "16"])
     return out
 
 
@@ -112,7 +119,7 @@ def test_tokenizer_loads_in_transformers_and_keeps_digits_and_wait_whole(tiny_di
         assert len(tok.encode("Wait", add_special_tokens=False)) == 1
         assert tok.encode("<|im_start|>think", add_special_tokens=False) == tok.convert_tokens_to_ids(["<|im_start|>", "think"])
         assert tok.tokenize("What is 347 plus 285?") == ["What", "Ġis", "Ġ", "3", "4", "7", "Ġplus", "Ġ", "2", "8", "5", "?"]
-        assert tok.convert_tokens_to_ids(data.SPECIAL_TOKENS) == [len(tok) - 3, len(tok) - 2, len(tok) - 1]
+        assert tok.convert_tokens_to_ids(tiny.SPECIAL_TOKENS) == [len(tok) - 3, len(tok) - 2, len(tok) - 1]
         assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
     # The training rows go through data.py's s1 formatting: the prompt's tokens prefix the full text's.
     examples = data.build_examples(data.load_rows(str(tiny_dir / "train.jsonl")), toks[1])
@@ -124,7 +131,7 @@ def test_tokenizer_matches_qwen_bytes_and_chat_template(tiny_dir, qwen_tokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_dir / "tokenizer")
     # The 256 byte symbols have Qwen2.5's ids ("\n" is 198), so byte-level text lines up with Qwen's.
-    symbols = list(data.tiny_byte_symbols().values())
+    symbols = list(tiny.byte_symbols().values())
     assert tok.convert_tokens_to_ids(symbols) == qwen_tokenizer.convert_tokens_to_ids(symbols) == list(range(256))
     conversations = [
         [{"role": "user", "content": "What is 347 plus 285?"}],
@@ -135,22 +142,85 @@ def test_tokenizer_matches_qwen_bytes_and_chat_template(tiny_dir, qwen_tokenizer
         for gen in (False, True):
             ours = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
             qwen = qwen_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
-            assert ours == qwen.replace(QWEN_SYSTEM, data.TINY_SYSTEM)
+            assert ours == qwen.replace(QWEN_SYSTEM, tiny.SYSTEM)
 
 
 def test_data_command_refuses_bad_counts(tmp_path):
-    p = subprocess.run([sys.executable, "data.py", "tiny", "--out", str(tmp_path / "d"), "--n-train", "0"],
+    p = subprocess.run([sys.executable, "tiny.py", "--out", str(tmp_path / "d"), "--n-train", "0"],
                        cwd=ROOT, capture_output=True, text=True)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "--n-train" in p.stderr
     assert not (tmp_path / "d").exists()
 
 
+def scripted_solver(tok, rows, checks: bool):
+    """
+    A stand-in for a trained model (tests/test_sample.py's ScriptedLM) that writes what the tiny task
+    taught: the glance, then it would stop. After the forced Wait a solver that learned the check
+    (checks=True) adds column by column and answers the sum; one that did not confirms its glance and
+    answers it.
+    """
+    from test_sample import ScriptedLM
+
+    im_start, im_end, answer = tok.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>", "answer"])
+    enc = lambda s: tok.encode(s, add_special_tokens=False)  # noqa: E731
+    prompts, scripts = [], []
+    for r in rows:
+        a, b = operands(r["problem"])
+        glance = carry_free_sum(a, b)
+        said = a + b if checks else glance
+        # What follows the forced "Wait" (the next token may not end thinking again): the check, or
+        # the glance confirmed.
+        check = expected_check(a, b) if checks else "Wait, that is right."
+        check = check.removeprefix("Wait") + "\n"
+        # Each <|im_start|> is where the model would end its thinking: the first gets the Wait instead,
+        # the second the forced "<|im_start|>answer" (two tokens, so "answer" stands in the script too).
+        scripts.append(enc(f"\nQuick sum: {glance}.\n") + [im_start] + enc(check) + [im_start, answer]
+                       + enc(f"\nFinal Answer: {said}") + [im_end])
+        prompts.append(enc(sample.build_prompt(tok, r["problem"])))
+    return ScriptedLM(prompts, scripts, vocab_size=384)
+
+
+def test_self_check_passes_a_model_that_checks_and_fails_one_that_does_not(tiny_dir, monkeypatch):
+    """The verdict and its counting, through sample.py's real decoding with a forced Wait. The stand-in
+    models write scripted text (no model learns in a test's time); a real unlearned run is below."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir / "tokenizer")
+    rows = [json.loads(line) for line in open(tiny_dir / "test.jsonl")]
+    data_file = str(tiny_dir / "train.jsonl")
+    carry_free = sum(carry_free_sum(*operands(r["problem"])) == int(r["answer"]) for r in rows)
+    for checks, right in ((True, len(rows)), (False, carry_free)):
+        model = scripted_solver(tok, rows, checks)
+        assert tiny.self_check(model, tok, rows) == right
+        monkeypatch.setattr(sample, "load_model", lambda path: (scripted_solver(tok, rows, checks), tok))
+        line = tiny.self_check_report("out/x", data_file, seed=7)
+        assert f" {right} of {len(rows)} held-out sums right with one Wait" in line
+        if checks:
+            assert "learned its check" in line and "did not" not in line
+        else:
+            assert "did not learn" in line and "--seed 8 --out-dir out/x-8" in line
+    assert 0 < carry_free < 0.8 * len(rows)  # so the glance alone fails the self-check
+    assert "skipped" in tiny.self_check_report("out/x", str(tiny_dir / "nowhere" / "train.jsonl"), seed=7)
+
+
+def test_a_run_of_a_few_steps_says_it_did_not_learn(tiny_dir, tmp_path):
+    """train.py --tiny ends with the self-check; two steps of training cannot have learned the check."""
+    p = run([sys.executable, "train.py", "--tiny", "--data", str(tiny_dir / "train.jsonl"), "--tokenizer",
+             str(tiny_dir / "tokenizer"), "--out-dir", str(tmp_path / "m"), "--n-layer", "1", "--n-embd", "32",
+             "--n-head", "2", "--n-kv-head", "1", "--mlp", "64", "--epochs", "1", "--global-batch", "512",
+             "--micro-batch", "512", "--log-every", "100"])
+    last = p.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"self-check: only \d+ of 16 held-out sums right with one Wait: this run did not learn .*"
+                        r"`python train\.py --tiny --seed 43 --out-dir \S+-43`", last), last
+
+
 def test_the_whole_recipe_end_to_end(tiny_dir, tmp_path):
     """CI's shortened first run: data, train from scratch, sample with Wait, eval; every file written."""
     out, ev = tmp_path / "model", tmp_path / "eval"
-    run([sys.executable, "train.py", "--tiny", "--data", str(tiny_dir / "train.jsonl"), "--tokenizer",
-         str(tiny_dir / "tokenizer"), "--out-dir", str(out), "--n-layer", "2", "--n-embd", "64", "--mlp", "192",
-         "--epochs", "4", "--global-batch", "16", "--micro-batch", "16", "--lr", "3e-3", "--log-every", "50"])
+    trained = run([sys.executable, "train.py", "--tiny", "--data", str(tiny_dir / "train.jsonl"), "--tokenizer",
+                   str(tiny_dir / "tokenizer"), "--out-dir", str(out), "--n-layer", "2", "--n-embd", "64",
+                   "--mlp", "192", "--epochs", "4", "--global-batch", "16", "--micro-batch", "16", "--lr", "3e-3",
+                   "--log-every", "50"])
     log = [json.loads(line) for line in open(out / "log.jsonl")]
     assert len(log) == 4 * 63  # 4 epochs of ceil(1000 / 16) steps (the last batch is filled up)
     first, last = (sum(r["loss"] for r in part) / len(part) for part in (log[:10], log[-10:]))
@@ -184,3 +254,8 @@ def test_the_whole_recipe_end_to_end(tiny_dir, tmp_path):
     capped = results["settings"]["budget=4,wait=1"]
     assert capped["n"] == 16 and capped["thinking_tokens_mean"] <= 4 and capped["hit_budget"] == 16
     assert results["settings"]["budget=none,wait=1"]["waits_mean"] == 1
+    # The run's own self-check (its last line) on the same sums agrees with eval.py's grader.
+    line = trained.stdout.splitlines()[-1]
+    right = sum(s["correct"] for s in samples if s["setting"] == "budget=none,wait=1")
+    assert re.match(r"self-check: (only )?\d+ of 16 held-out sums right with one Wait", line), line
+    assert ("learned its check" in line) == (right >= tiny.SELF_CHECK_PASS * 16), (line, right)
