@@ -27,7 +27,6 @@ import hashlib
 import json
 import os
 import re
-import sys
 from collections import Counter
 
 import torch
@@ -36,6 +35,7 @@ import sample
 from data import DataError, load_rows
 from grade import boxes, check  # the grader eval.py uses: this is its one import site
 from model import CheckpointError, atomic_write
+from sample import fail  # one line on stderr, exit code 2 (curate.py's too)
 
 # -----------------------------------------------------------------------------
 # Defaults, spelled out once
@@ -385,11 +385,6 @@ def parse_args(argv=None):
     p.add_argument("--directive", default=DIRECTIVE, help="appended to every question (R1's card; '' for none)")
     p.add_argument("--seed", type=int, default=SEED)
     return p.parse_args(argv)
-
-
-def fail(msg):
-    print(f"error: {msg}", file=sys.stderr)
-    sys.exit(2)
 
 
 def run(func, args):

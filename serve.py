@@ -43,7 +43,7 @@ from starlette.routing import Route
 
 from model import CheckpointError
 from sample import (ANSWER, KV_CACHE_GB, MAX_NEW_TOKENS, MAX_THINKING_TOKENS, TEMPERATURE, THINK, TOP_K, TOP_P,
-                    WAIT, WAIT_STR, InputError, Sampler, check_settings, load_model, starts_in_thinking)
+                    WAIT, WAIT_STR, InputError, Sampler, check_settings, fail, load_model, starts_in_thinking)
 
 # -----------------------------------------------------------------------------
 # Defaults, spelled out once
@@ -521,11 +521,6 @@ def parse_args(argv=None):
     p.add_argument("--compile", action="store_true", help="compile the decode step (CUDA graphs on a GPU)")
     p.error = fail  # one line and exit code 2 for every bad argument, argparse's own errors included
     return p.parse_args(argv)
-
-
-def fail(msg):
-    print(f"error: {msg}", file=sys.stderr)
-    sys.exit(2)
 
 
 def main(argv=None):

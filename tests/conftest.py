@@ -1,5 +1,6 @@
 """Shared test helpers: tiny random Qwen2 checkpoints made with transformers, and the real data in ../shared."""
 
+import json
 import os
 import socket
 import subprocess
@@ -84,3 +85,16 @@ def run_torchrun(script, args, nproc=2):
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return r
+
+
+def read_jsonl(path):
+    """The rows of a jsonl file (blank lines skipped)."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def write_jsonl(path, rows):
+    """rows as a jsonl file at path; returns the path as a str, as the command lines take it."""
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    return str(path)

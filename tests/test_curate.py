@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from conftest import QWEN_TOKENIZER, SHARED_DATA
+from conftest import QWEN_TOKENIZER, SHARED_DATA, read_jsonl, write_jsonl
 import curate
 from curate import NUMBERING, draw, quality, quality_drop
 from distill import append_cache, qhash, reference, slug
@@ -18,17 +18,6 @@ needs_data = pytest.mark.skipif(not (SHARED_DATA / "s1k").is_dir() or not (QWEN_
                                 reason="needs ../shared/data (s1K questions, MATH500, AIME24, the Qwen2.5 tokenizer)")
 AIME, GPQA, MATH, NUMINA = "qq8933/AIME_1983_2024", "Idavidrein/gpqa", "qfq/openaimath/Algebra", "AI-MO/NuminaMath-CoT"
 COLS = dict(thinking="thinking_trajectories", attempt="attempt", domain=None)
-
-
-def read_jsonl(path):
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def write_jsonl(path, rows):
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-    return str(path)
 
 
 def pool_row(question, solution, source, attempt, words=50, domain=None):

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, write_jsonl
 from data import (ASSISTANT_HEADER, IGNORE, DataError, assistant_turn, build_examples, collate, epoch_order,
                   global_batch_ids, load_rows, load_sft_data, rank_micro_batches, render, steps_per_epoch,
                   tokenize, truncate)
@@ -47,13 +47,6 @@ def s1k_rows(n, seed=0):
         rows.append(dict(question=f"What is {a}+{b}?", thinking_trajectories=thinking,
                          attempt=f"{a + b}" if rng.random() < 0.5 else f"Answer: {a + b}"))
     return rows
-
-
-def write_jsonl(path, rows):
-    with open(path, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    return str(path)
 
 
 @pytest.fixture(scope="module")

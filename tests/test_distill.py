@@ -11,23 +11,12 @@ import torch
 import curate
 import distill
 import sample
-from conftest import QWEN_TOKENIZER, SHARED_DATA, make_tiny_checkpoint
+from conftest import QWEN_TOKENIZER, SHARED_DATA, make_tiny_checkpoint, read_jsonl, write_jsonl
 from distill import CurateError, append_cache, choose, grade, qhash, read_cache, reference, slug, split_think
 
 MSC = SHARED_DATA / "msc" / "msc2020_top_level.json"
 needs_data = pytest.mark.skipif(not MSC.is_file() or not (QWEN_TOKENIZER / "tokenizer.json").is_file(),
                                 reason="needs ../shared/data (the Qwen2.5 tokenizer, MATH500, AIME24, the MSC list)")
-
-
-def read_jsonl(path):
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def write_jsonl(path, rows):
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-    return str(path)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, SHARED_DATA
+from conftest import ROOT, SHARED_DATA, read_jsonl
 
 import eval as ev
 import grade
@@ -422,10 +422,6 @@ def write_data(root):
     (root / "gpqa/gpqa_diamond.csv").write_text(
         "Question,Correct Answer,Incorrect Answer 1,Incorrect Answer 2,Incorrect Answer 3,Record ID\n"
         '"What is 1+1?",2,3,4,5,rec1\n"Pick, the ""red"" one",red,blue,green,black,rec2\n')
-
-
-def read_jsonl(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_end_to_end_then_resume(tmp_path, monkeypatch, capsys):
