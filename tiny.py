@@ -3,18 +3,17 @@ The tiny s1: a reasoning task small enough to train a model from scratch on a la
 
 It is written as s1K rows, so that the very same train.py / sample.py / eval.py run on it: add two
 3-digit numbers. Every thinking trace is a hasty solver's. It first writes the sum at a glance, and a
-glance drops each carry 70% of the time ("What is 347 plus 285?" "Quick sum: 522."). Now and then it
-writes "Wait", adds column by column with the carries and answers with the checked sum (and a few
-checks end with a second "Wait, that is right."); otherwise it answers with its glance, so about a
-quarter of the training answers are wrong, as a hasty solver's would be. Whether a trace checks barely
-depends on its glance (45% of the wrong glances, 20% of the right ones), so a greedy model never checks
-by itself: budget forcing decides. Forcing "Wait" where it would stop makes it check. Some checks are
-cut off before their sum, as a thinking budget would cut them, and answered with the glance, to teach
-a model whose check is cut to fall back on its first guess (few runs learn that: see the README).
-Every trace has one layout (3-digit operands, sums below 1000, two-digit column sums, each column
-named), so the digits a line adds are easy to find. Learning to add is a sudden step in the loss of a
-0.8M-parameter model, and not every seed takes it within the run: the README gives the seeds measured,
-and the self-check at the end of `train.py --tiny` tells a run that did not learn.
+glance drops each carry 70% of the time ("What is 347 plus 285?" "Quick sum: 522."). In 4 traces of
+10 it then writes "Wait", adds column by column with the carries and answers with the checked sum (and
+a few checks end with a second "Wait, that is right."); otherwise it answers with its glance, so about
+a third of the training answers are wrong, as a hasty solver's would be. Whether a trace checks does
+not depend on its glance, and fewer than half do, so a greedy model never checks by itself: budget
+forcing decides. Forcing "Wait" where it would stop makes it check; a thinking budget that cuts the
+check off before its sum leaves the model nothing better than a guess. Every trace has one layout
+(3-digit operands, sums below 1000, two-digit column sums, each column named), so the digits a line
+adds are easy to find. Learning to add is a sudden step in the loss of a 0.8M-parameter model, taken
+at a different step by every seed: the README gives the seeds measured, and the self-check at the end
+of `train.py --tiny` tells a run that did not learn.
 
 Also here: the tokenizer (Qwen2.5's, with a vocabulary of a few words) and the self-check that ends
 `train.py --tiny`. What it leaves out: any arithmetic beyond 3-digit sums.
@@ -33,11 +32,10 @@ from functools import cache
 from model import atomic_write, dump_json  # files written whole or not at all
 
 OUT = "data/tiny"
-N_TRAIN, N_TEST, SEED = 10000, 200, 0
+N_TRAIN, N_TEST, SEED = 15000, 200, 0
 SLIP = 0.7  # the glance drops each carry with this probability
-CHECK_WRONG, CHECK_RIGHT = 0.45, 0.2  # how often a wrong / a right glance is checked
+CHECK = 0.4  # the share of traces that check their glance: under half, so greedy decoding never does
 TWICE = 0.3  # checks that end with a second "Wait" confirming the sum
-CUT = 0.3  # checks cut off by a thinking budget before their sum, answered with the glance
 COLUMNS = ("ones", "tens", "hundreds")  # the check's lines, right to left
 # The self-check at the end of `train.py --tiny`: held-out sums answered with one Wait, and the share to pass.
 # Runs that learned the check got 88 and 100 of these 100 (90% and 100% of all 200), one that did not 17% of
@@ -88,18 +86,11 @@ def example(a: int, b: int, rng) -> dict:
         columns.append(f"{COLUMNS[i]}: {x[i]}+{y[i]}+{carry}={s:02d}")
         carry = s // 10
     thinking, answer = f"Quick sum: {glance}.", glance
-    if rng.random() < (CHECK_WRONG if glance != a + b else CHECK_RIGHT):
-        check = "\n".join(["Wait, let me add column by column.", *columns, f"Column sum: {a + b}."])
-        if rng.random() < CUT:
-            # Cut off by a thinking budget after some token of the check, before its sum: the solver
-            # falls back on its glance.
-            pieces = [piece for piece, _ in qwen_split().pre_tokenize_str(check)]  # a cut there ends a token
-            check = "".join(pieces[:rng.randrange(1, len(pieces) - 4)])  # the last 4: "6", "3", "2", "."
-        else:
-            answer = a + b
-            if rng.random() < TWICE:
-                check += "\nWait, that is right."
-        thinking += "\n" + check
+    if rng.random() < CHECK:
+        check = ["Wait, let me add column by column.", *columns, f"Column sum: {a + b}."]
+        if rng.random() < TWICE:
+            check.append("Wait, that is right.")
+        thinking, answer = "\n".join([thinking, *check]), a + b
     return dict(question=question(a, b), thinking_trajectories=[thinking],
                 attempt=f"Final Answer: {answer}", answer=str(a + b))
 

@@ -64,8 +64,8 @@ SEED = 42
 # The tiny CPU run (`--tiny`; its data from tiny.py): a small Qwen2-shaped model from scratch on synthetic sums.
 TINY = dict(data="data/tiny/train.jsonl", tokenizer="data/tiny/tokenizer", out_dir="out/tiny",
             init_from_scratch=True, n_layer=4, n_embd=128, n_head=4, n_kv_head=2, mlp=384,
-            block_size=512, dtype="float32", epochs=5, lr=3e-3, warmup_ratio=0.05, weight_decay=0.1,
-            global_batch=32, micro_batch=32, save_every=200, activation_checkpointing="off")
+            rope_theta=1e4, block_size=512, dtype="float32", epochs=2, lr=2e-3, warmup_ratio=0.05,
+            weight_decay=0.1, global_batch=16, micro_batch=16, save_every=200, activation_checkpointing="off")
 
 # Dense bf16 peak of one accelerator, matched against torch.cuda.get_device_name(), longest name first.
 PEAK_BF16_FLOPS = {"GH200": 989e12, "H200": 989e12, "H100": 989e12, "H800": 989e12, "B200": 2250e12,
@@ -124,6 +124,7 @@ def get_args(argv=None):
     p.add_argument("--n-head", type=int, default=4)
     p.add_argument("--n-kv-head", type=int, default=2)
     p.add_argument("--mlp", type=int, default=384, help="intermediate size of the SwiGLU MLP")
+    p.add_argument("--rope-theta", type=float, default=1e6, help="RoPE base (Qwen2.5's 1e6)")
     p.add_argument("--tiny", action="store_true", help="defaults of the tiny CPU run: " +
                    " ".join(f"{k}={v}" for k, v in TINY.items()))
     args = p.parse_args(argv)
@@ -167,7 +168,7 @@ def scratch_config(args, tokenizer) -> Qwen2Config:
     return Qwen2Config(vocab_size=vocab, hidden_size=args.n_embd, intermediate_size=args.mlp,
                        num_hidden_layers=args.n_layer, num_attention_heads=args.n_head,
                        num_key_value_heads=args.n_kv_head, head_dim=args.n_embd // args.n_head,
-                       max_position_embeddings=args.block_size, tie_word_embeddings=True,
+                       max_position_embeddings=args.block_size, rope_theta=args.rope_theta, tie_word_embeddings=True,
                        torch_dtype="float32", eos_token_id=eos[0], bos_token_id=None)
 
 

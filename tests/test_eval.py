@@ -565,19 +565,28 @@ def test_sampled_methods_through_the_real_engine(tmp_path, monkeypatch):
     monkeypatch.setattr(ev, "plot", lambda results, path: None)
     argv = ["--model", ckpt, "--tasks", str(tmp_path / "data/extra.jsonl"), "--methods", "rs,majority", "--budgets",
             "4", "--samples", "2", "--max-tries", "2", "--max-new-tokens", "8", "--device", "cpu"]
+    exits = []
     for out, batch in (("one", "4"), ("two", "1")):
-        with pytest.raises(SystemExit) as e:  # a random model never ends its thinking: every try is rejected
+        try:  # a random model seldom ends its thinking within 4 tokens: a problem whose tries all fail exits 2
             ev.main(argv + ["--out", str(tmp_path / out), "--batch-size", batch])
-        assert e.value.code == 2 and (tmp_path / out / "results.json").is_file()
+            exits.append(0)
+        except SystemExit as e:
+            exits.append(e.code)
+        assert (tmp_path / out / "results.json").is_file()
     one, two = ({(s["setting"], s["id"], s["index"]): s for s in read_jsonl(tmp_path / d / "samples.jsonl")}
                 for d in ("one", "two"))
     assert one.keys() == two.keys() and all(one[k]["response"] == two[k]["response"] for k in one)
-    rs = [("rs:tokens=4", i, t) for i in ("0", "1") for t in (0, 1)]
-    assert sorted(k for k in one if k[0].startswith("rs")) == rs
-    assert len({s["seed"] for s in one.values()}) == len(one) == 2 * 2 + 2 * 2
+    capped = []
+    for i in ("0", "1"):  # tries 0, 1, ... until one is accepted or --max-tries 2 is reached
+        tries = [one[k]["accepted"] for k in sorted(k for k in one if k[0].startswith("rs") and k[1] == i)]
+        assert tries in ([True], [False, True], [False, False])
+        capped.append(tries == [False, False])
+    assert exits == [2 if all(capped) else 0] * 2  # every problem capped: the sweep says so and exits 2
+    assert len({s["seed"] for s in one.values()}) == len(one) >= 2 + 2 * 2  # majority: 2 samples per problem
     for s in one.values():  # a try is kept only when its thinking ended by itself, within 4 tokens
         if s["method"] == "rs":
-            assert not s["accepted"] and ("<|im_start|>answer" not in s["response"] or s["forced_answer"])
+            ended_itself = "<|im_start|>answer" in s["response"] and not s["forced_answer"]
+            assert s["accepted"] == (ended_itself and s["thinking_tokens"] <= 4)
 
     # scc+bf's answer pass continues a prompt that ends in the forced answer: no thinking left to do
     import sample
