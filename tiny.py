@@ -38,8 +38,8 @@ CHECK = 0.4  # the share of traces that check their glance: under half, so greed
 TWICE = 0.3  # checks that end with a second "Wait" confirming the sum
 COLUMNS = ("ones", "tens", "hundreds")  # the check's lines, right to left
 # The self-check at the end of `train.py --tiny`: held-out sums answered with one Wait, and the share to pass.
-# Runs that learned the check got 88 and 100 of these 100 (90% and 100% of all 200), one that did not 17% of
-# all 200; 20 sums were too few (a run right on 75% of all 200 got 19 of the first 20).
+# Runs that learned the check got 97 to 99 of these 100; with the earlier recipe, one that did not got 17% of
+# all 200. 20 sums were too few (a run right on 75% of all 200 got 19 of the first 20).
 SELF_CHECK_SUMS = 100
 SELF_CHECK_PASS = 0.8
 SYSTEM = "You are a tiny model that adds numbers."  # the chat template's default system prompt

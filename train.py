@@ -62,6 +62,10 @@ SAVE_EVERY = 50
 SEED = 42
 
 # The tiny CPU run (`--tiny`; its data from tiny.py): a small Qwen2-shaped model from scratch on synthetic sums.
+# 16 sequences a step: more steps for the same tokens, and steps are what the sudden step of learning to add
+# waits for (seed 2 took it after ~5,000 sequences at 16 a step, ~9,000 at 32). RoPE base 1e4 rather than
+# Qwen2.5's 1e6 (made for 32k tokens): more of its rotations turn within a 128-token sequence. Every run
+# measured in BENCHMARKS.md used it; alone it made no difference over the first 213 steps.
 TINY = dict(data="data/tiny/train.jsonl", tokenizer="data/tiny/tokenizer", out_dir="out/tiny",
             init_from_scratch=True, n_layer=4, n_embd=128, n_head=4, n_kv_head=2, mlp=384,
             rope_theta=1e4, block_size=512, dtype="float32", epochs=2, lr=2e-3, warmup_ratio=0.05,
