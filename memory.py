@@ -407,7 +407,7 @@ def measure(config: Qwen2Config, seq_len: int, offload="none", param_dtype=torch
         times.append(time.perf_counter() - t0)
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else peak_rss()
     step_s = sorted(times[1:] or times)[len(times[1:]) // 2]
-    return dict(peak=peak - base, step_s=step_s, tokens_per_s=2 * seq_len / step_s, loss=loss)
+    return dict(peak=peak - base, step_s=step_s, tokens_per_s=2 * seq_len / step_s, loss=loss, step_times=times[1:])
 
 
 def compare(config: Qwen2Config, seq_len: int, offloads=OFFLOADS, param_dtype=torch.float32, steps=1,
