@@ -168,12 +168,13 @@ def estimate(config: Qwen2Config, world: int, seq_len: int, micro_batch=1, accum
                              depth)
     if phases is None:  # a shallow model, exact, or shallow traces that do not line up: the whole model
         layers_traced, phases = [depth], trace(config, **run)
+    # The GPU's peak is the highest of the phases' (the first, on a tie, as torch's tracker keeps the first
+    # moment); the host's may come in another phase.
     gpu_phase, gpu = max(((name, p.get(FAKE_GPU, {})) for name, p in phases), key=lambda np: np[1].get("Total", 0))
     host = max(p.get("cpu", {}).get("Total", 0) for _, p in phases)
-    return dict(gpu=gpu.get("Total", 0), host=host, rows={row: sum(gpu.get(k, 0) for k in keys) for row, keys in
-                                                            ROWS.items()},
-                phase=gpu_phase, layers_traced=layers_traced, seconds=time.perf_counter() - t0,
-                cpu_seconds=time.process_time() - cpu0)
+    rows = {row: sum(gpu.get(kind, 0) for kind in kinds) for row, kinds in ROWS.items()}
+    return dict(gpu=gpu.get("Total", 0), host=host, rows=rows, phase=gpu_phase, layers_traced=layers_traced,
+                seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - cpu0)
 
 
 def trace(config: Qwen2Config, world: int, seq_len: int, micro_batch, accum, param_dtype, checkpointing, offload,

@@ -223,6 +223,17 @@ def test_refusal_says_what_would_fit():
     assert "more GPUs (the 10.0 GB" in line and "a smaller --block-size (the 60.0 GB" in line and "\n" not in line
 
 
+def test_fits_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    (tmp_path / "broken.json").write_text("{not json")
+    cases = [(["--sizes", "5B"], "--sizes 5B: the sizes are 0.5B,"), (["--worlds", "8,x"], "--worlds 8,x: give positive"),
+             (["--blocks", "0"], "--blocks 0: give positive"), (["--out", str(tmp_path / "broken.json")], "not a JSON file")]
+    for args, fragment in cases:
+        with pytest.raises(SystemExit) as e:
+            fits.main(args)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1 and fragment in err, err
+
+
 def test_fits_table_marks_auto_picks_and_unfinished_rows():
     # fits.py's README table from given estimates: auto's pick on each card, "does not fit" when every
     # choice was estimated, "?" while the later choices are still to estimate.
