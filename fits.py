@@ -4,7 +4,7 @@ every Qwen2.5 size on 1, 8 and 16 GPUs of 24, 40, 80 and 141 GB, at blocks of 32
 the offload that train.py's `--offload auto` would pick on each card and the pinned host memory it needs.
 Every number is memory.py's estimate (fake tensors, no GPU), not a measurement.
 
-    python fits.py --out fits.json                     # hours on 2 CPU cores; a rerun continues where it stopped
+    python fits.py --out docs/fits.json                # 11-20 s an estimate on 2 busy cores; a rerun continues
     python fits.py --out fits.json --sizes 0.5B,1.5B --worlds 8 --blocks 32768
 
 What it leaves out: micro-batches above 1, --defer-grad-sync, --compile (estimated as eager), more than

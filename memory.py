@@ -15,7 +15,7 @@ with real tensors, which measures what the estimate predicts. (4) At train.py's 
 that fits, or a refusal that says what would. The README's table of what fits where is fits.py.
 
     python train.py --estimate-memory --world-size 8    # what s1-32B needs per GPU on one 8-GPU node
-    python fits.py --out fits.json                      # every Qwen2.5 size x 1/8/16 GPUs (hours on 2 cores)
+    python fits.py --out docs/fits.json                 # every Qwen2.5 size x 1/8/16 GPUs (~40 min on 2 cores)
 
 What it leaves out: the estimate counts the bytes of live tensors, as torch.cuda.max_memory_allocated
 does. The CUDA context, NCCL's own buffers and the caching allocator's fragmentation come on top (a
