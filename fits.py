@@ -4,7 +4,7 @@ every Qwen2.5 size on 1, 8 and 16 GPUs of 24, 40, 80 and 141 GB, at blocks of 32
 the offload that train.py's `--offload auto` would pick on each card and the pinned host memory it needs.
 Every number is memory.py's estimate (fake tensors, no GPU), not a measurement.
 
-    python fits.py --out fits.json                     # hours on 2 CPU cores; a rerun continues where it stopped
+    python fits.py --out docs/fits.json                # 11-20 s an estimate on 2 busy cores; a rerun continues
     python fits.py --out fits.json --sizes 0.5B,1.5B --worlds 8 --blocks 32768
 
 What it leaves out: micro-batches above 1, --defer-grad-sync, --compile (estimated as eager), more than
@@ -14,6 +14,7 @@ one node's host memory (a node holds up to 8 GPUs).
 import argparse
 import json
 import os
+import sys
 
 from memory import GB, OFFLOADS, estimate, fits, pick
 from model import atomic_write, dump_json, load_config
@@ -71,6 +72,21 @@ def markdown(done: dict, block: int) -> str:
     return "\n".join(lines)
 
 
+def fail(message: str):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def positive_ints(flag: str, text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        fail(f"{flag} {text}: give positive whole numbers separated by commas, such as 1,8,16")
+    return values
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="the README's table of what fits where (memory.py's estimates)")
     p.add_argument("--out", default="fits.json", help="the estimates so far, read and extended")
@@ -78,8 +94,16 @@ def main(argv=None):
     p.add_argument("--worlds", default=",".join(map(str, WORLDS)))
     p.add_argument("--blocks", default=",".join(map(str, BLOCKS)))
     args = p.parse_args(argv)
-    blocks = [int(b) for b in args.blocks.split(",")]
-    done = table(args.out, args.sizes.split(","), [int(w) for w in args.worlds.split(",")], blocks)
+    sizes = args.sizes.split(",")
+    worlds, blocks = positive_ints("--worlds", args.worlds), positive_ints("--blocks", args.blocks)
+    if set(sizes) - set(SIZES):
+        fail(f"--sizes {args.sizes}: the sizes are {','.join(SIZES)}")
+    if os.path.isfile(args.out):
+        try:
+            json.load(open(args.out))
+        except ValueError:
+            fail(f"--out {args.out}: not a JSON file of estimates; give a new path or fits.py's own output")
+    done = table(args.out, sizes, worlds, blocks)
     for block in blocks:
         print(f"\nblock {block}:\n\n" + markdown(done, block))
 

@@ -9,12 +9,13 @@ block's input) to pinned host memory, and copies it back when the backward pass 
 change where tensors live, never what is computed. (2) The estimate: train.py's model, sharding,
 mixed precision, checkpointing, fused loss and AdamW run one optimizer step on fake tensors (shapes,
 no data) on a fake GPU, under a fake process group of N ranks, while torch's FSDPMemTracker adds up
-every tensor alive; the peak, and what was alive at that moment, is the estimate. (3) The same step
+every tensor alive; the peak, and what was alive at that moment, is the estimate. A deep model is
+traced at 4, 5 and 6 layers and extrapolated, to the byte (extrapolate()). (3) The same step
 with real tensors, which measures what the estimate predicts. (4) At train.py's start-up: the offload
 that fits, or a refusal that says what would. The README's table of what fits where is fits.py.
 
     python train.py --estimate-memory --world-size 8    # what s1-32B needs per GPU on one 8-GPU node
-    python fits.py --out fits.json                      # every Qwen2.5 size x 1/8/16 GPUs (hours on 2 cores)
+    python fits.py --out docs/fits.json                 # every Qwen2.5 size x 1/8/16 GPUs (~40 min on 2 cores)
 
 What it leaves out: the estimate counts the bytes of live tensors, as torch.cuda.max_memory_allocated
 does. The CUDA context, NCCL's own buffers and the caching allocator's fragmentation come on top (a
@@ -24,6 +25,7 @@ processes' own memory).
 """
 
 import contextlib
+import dataclasses
 import gc
 import json
 import os
@@ -36,12 +38,12 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
+from memtrace import FAKE_GPU, PhasePeaks, flash_attention, use_fake_gpu
 from model import CheckpointError, Qwen2, Qwen2Config, num_params, resolve_checkpoint
 
 OFFLOADS = ("none", "activations", "optimizer", "optimizer+activations")  # auto tries them in this order
 HEADROOM = 0.05  # a run fits when its estimated peak leaves this share of the GPU free
 GB = 1e9
-FAKE_GPU = "gpu"  # the device the estimate's tensors live on: a GPU that only keeps shapes
 
 
 class DoesNotFit(Exception):
@@ -130,66 +132,7 @@ def build(model, mesh, param_dtype, checkpointing: bool, offload: str) -> tuple[
 
 
 # -----------------------------------------------------------------------------
-# (2) The estimate: a fake GPU, a fake process group, fake tensors
-
-
-class _Stream:
-    """What FSDP2 asks of a device's streams and events; a GPU that keeps only shapes has nothing to order."""
-    def __init__(self, *args, **kwargs): pass
-    def wait_stream(self, stream): pass
-    def wait_event(self, event): pass
-    def record_event(self, event=None): return event or _Stream()
-    def record(self, stream=None): return self
-    def wait(self, stream=None): pass
-    def synchronize(self): pass
-    def query(self): return True
-
-
-class _FakeGPU:
-    """The `torch.gpu` module of that GPU: one device, its streams and events, no RNG to keep."""
-    Stream = Event = _Stream
-    def is_available(self): return True
-    def is_initialized(self): return True
-    def _is_in_bad_fork(self): return False
-    def device_count(self): return 1
-    def current_device(self): return 0
-    def set_device(self, device): pass
-    def synchronize(self, device=None): pass
-    def current_stream(self, device=None): return _Stream()
-    def stream(self, stream): return contextlib.nullcontext()
-    def get_amp_supported_dtype(self): return [torch.float16, torch.bfloat16]  # checkpointing asks
-    def get_rng_state(self, device=None): return torch.zeros(16, dtype=torch.uint8)
-    def set_rng_state(self, state, device=None): pass
-    def manual_seed_all(self, seed): pass
-
-
-def use_fake_gpu():
-    """
-    Fake tensors on a GPU, on any machine. FakeTensorMode makes "cuda" tensors without a GPU, but the
-    autograd engine asks the device's guard for streams, and a CPU-only build of torch has no CUDA guard
-    (the backward pass aborts). So the estimate puts its tensors on a device of its own, torch's Python
-    "privateuse1" backend renamed `gpu`, whose guard torch provides; the fake device counts what lives on
-    the GPU and "cpu" what lives in host memory. It is the same code path on a laptop and on the node.
-    """
-    name = torch._C._get_privateuse1_backend_name()
-    if name == FAKE_GPU:
-        return
-    if name != "privateuseone":
-        raise RuntimeError(f"the memory estimate needs torch's spare device slot, which {name!r} already holds; "
-                           "run the estimate in a process without it")
-    from torch.utils.backend_registration import _setup_privateuseone_for_python_backend
-    _setup_privateuseone_for_python_backend(FAKE_GPU, backend_module=_FakeGPU())
-
-
-def _flash_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-    """
-    F.scaled_dot_product_attention as a GPU runs it in training: FlashAttention, which keeps the output
-    and one log-sum-exp per query (O(T) memory) and serves grouped kv heads as they are. A device without
-    attention kernels, as the fake GPU, would get the math fallback, which holds the T x T scores (86 GB
-    per 32B block at T=32768).
-    """
-    assert attn_mask is None, "training attends causally, without a mask"
-    return torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, dropout_p, is_causal, False, scale=scale)[0]
+# (2) The estimate: a fake GPU, a fake process group, fake tensors; a deep model from shallow ones
 
 
 # FSDPMemTracker's categories, summed into the rows of our table (GB per GPU at the GPU's peak)
@@ -202,19 +145,44 @@ ROWS = {"parameters (sharded, fp32)": ("Sharded Param", "Buffer"),
         "collective buffers": ("All Gather", "Reduce Scatter")}
 
 
+SHALLOW = (4, 5, 6)  # the depths traced for a deeper model, whose estimate is extrapolated from them
+
+
 def estimate(config: Qwen2Config, world: int, seq_len: int, micro_batch=1, accum=1, param_dtype=torch.bfloat16,
-             checkpointing=True, offload="none", loss_chunk=1024, defer_grad_sync=False) -> dict:
+             checkpointing=True, offload="none", loss_chunk=1024, defer_grad_sync=False, exact=False) -> dict:
     """
     The peak memory of one GPU in train.py's run of `config` on `world` GPUs: {"gpu": peak bytes, "host":
-    peak bytes of host memory (the offloaded tensors), "rows": {row: bytes at the GPU's peak}, "seconds",
-    "cpu_seconds"}.
-    Nothing is read but the config; every tensor is a shape on a fake device.
+    peak bytes of host memory (the offloaded tensors), "rows": {row: bytes at the GPU's peak}, "phase": the
+    phase of the step where the GPU peaks, "layers_traced", "seconds", "cpu_seconds"}.
+    Nothing is read but the config; every tensor is a shape on a fake device. A model deeper than
+    SHALLOW is traced at those depths and extrapolated to its own (extrapolate(): the same bytes as
+    tracing it whole, in a fraction of the time), unless `exact` or unless the shallow traces disagree.
     """
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    run = dict(world=world, seq_len=seq_len, micro_batch=micro_batch, accum=accum, param_dtype=param_dtype,
+               checkpointing=checkpointing, offload=offload, loss_chunk=loss_chunk, defer_grad_sync=defer_grad_sync)
+    depth, phases = config.num_hidden_layers, None
+    if not exact and depth > SHALLOW[-1]:
+        layers_traced = list(SHALLOW)
+        phases = extrapolate({n: trace(dataclasses.replace(config, num_hidden_layers=n), **run) for n in SHALLOW},
+                             depth)
+    if phases is None:  # a shallow model, exact, or shallow traces that do not line up: the whole model
+        layers_traced, phases = [depth], trace(config, **run)
+    # The GPU's peak is the highest of the phases' (the first, on a tie, as torch's tracker keeps the first
+    # moment); the host's may come in another phase.
+    gpu_phase, gpu = max(((name, p.get(FAKE_GPU, {})) for name, p in phases), key=lambda np: np[1].get("Total", 0))
+    host = max(p.get("cpu", {}).get("Total", 0) for _, p in phases)
+    rows = {row: sum(gpu.get(kind, 0) for kind in kinds) for row, kinds in ROWS.items()}
+    return dict(gpu=gpu.get("Total", 0), host=host, rows=rows, phase=gpu_phase, layers_traced=layers_traced,
+                seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - cpu0)
+
+
+def trace(config: Qwen2Config, world: int, seq_len: int, micro_batch, accum, param_dtype, checkpointing, offload,
+          loss_chunk, defer_grad_sync) -> list:
+    """train.py's step traced on fake tensors on a fake GPU, one of `world`: PhasePeaks.phases."""
     from torch._subclasses.fake_tensor import FakeTensorMode
-    from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
-    t0, cpu0 = time.perf_counter(), time.process_time()
     use_fake_gpu()
     dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world)
     try:
@@ -222,10 +190,10 @@ def estimate(config: Qwen2Config, world: int, seq_len: int, micro_batch=1, accum
         with torch.device("meta"):
             model = Qwen2(config)  # outside the fake mode: initialising fake weights is slow and pointless
         with FakeTensorMode(allow_non_fake_inputs=True), \
-                unittest.mock.patch.object(torch.nn.functional, "scaled_dot_product_attention", _flash_attention):
+                unittest.mock.patch.object(torch.nn.functional, "scaled_dot_product_attention", flash_attention):
             model, optim = build(model, mesh, param_dtype, checkpointing, offload)
             x = torch.randint(0, config.vocab_size, (micro_batch, seq_len), device=FAKE_GPU)
-            tracker = FSDPMemTracker(model, optim)
+            tracker = PhasePeaks(model, optim)
             tracker.track_inputs((x,))
             # From the second micro-batch of a step on, each finds the same tensors alive (the gradients of
             # the ones before, accumulated in place): one micro-batch after a first step that leaves zero
@@ -235,17 +203,48 @@ def estimate(config: Qwen2Config, world: int, seq_len: int, micro_batch=1, accum
             defer = defer_grad_sync and accum > 1
             with tracker:
                 fill_optimizer_state(model, optim, keep_grads=accum > 1 and not defer)
-            with tracker:  # entering again starts the peak afresh
+            tracker.phases = []
+            with tracker:
                 train_step(model, optim, x, x, 2 if defer else 1, offload, loss_chunk, defer,
-                           between=tracker.reset_mod_stats)  # (the tracker's per-module view, not its peak)
-            peak = tracker.get_tracker_snapshot("peak")
+                           between=tracker.reset_mod_stats)  # (torch's tracker refuses a module's second forward)
+            return tracker.phases
     finally:
         dist.destroy_process_group()
-    gpu = next((v for d, v in peak.items() if d.type == FAKE_GPU), {})
-    host = next((v for d, v in peak.items() if d.type == "cpu"), {})
-    named = {k.value if hasattr(k, "value") else k: v for k, v in gpu.items()}
-    return dict(gpu=gpu.get("Total", 0), host=host.get("Total", 0), seconds=time.perf_counter() - t0,
-                cpu_seconds=time.process_time() - cpu0, rows={row: sum(named.get(k, 0) for k in keys) for row, keys in ROWS.items()})
+
+
+def extrapolate(traces: dict, depth: int) -> list | None:
+    """
+    The phases of a `depth`-layer model from the traces {layers: phases} of three consecutive shallower
+    depths, or None when those do not line up. Every decoder block is the same module with the same
+    shapes, so at a given moment of the step the bytes alive of each kind are some block-sized tensors
+    (each block's share of the fp32 weights, its gradients and AdamW moments, its checkpointed input)
+    counted once per layer, plus tensors that do not depend on the depth (the embedding and head, one
+    block's gathered weights and recomputed activations, the loss's chunk): affine in the depth, to the
+    byte. Within a phase the memory goes up or down by the same bytes from one block to the next at any
+    depth, so its peak falls at the same moment (the same end of the stack) at every depth. Which phase
+    peaks can change with depth (the optimizer step's temporaries grow per layer at another rate than
+    the backward pass's tensors), so each phase gets its own line and the highest is taken at `depth`.
+    The third depth checks every line to the byte; a phase or kind that is not on one line (or a
+    different sequence of phases) means the shallow models are not like the deep one: None.
+    """
+    (a, ta), (b, tb), (c, tc) = sorted(traces.items())
+    assert b == a + 1 and c == b + 1, "three consecutive depths"
+    if [name for name, _ in ta] != [name for name, _ in tb] or [name for name, _ in tb] != [name for name, _ in tc]:
+        return None
+    phases = []
+    for (name, pa), (_, pb), (_, pc) in zip(ta, tb, tc):
+        devices = {}
+        for device in set(pa) | set(pb) | set(pc):
+            sa, sb, sc = pa.get(device, {}), pb.get(device, {}), pc.get(device, {})
+            kinds = {}
+            for kind in set(sa) | set(sb) | set(sc):
+                va, vb, vc = sa.get(kind, 0), sb.get(kind, 0), sc.get(kind, 0)
+                if vc - vb != vb - va:
+                    return None
+                kinds[kind] = va + (depth - a) * (vb - va)
+            devices[device] = kinds
+        phases.append((name, devices))
+    return phases
 
 
 def fits(peak_bytes: float, gpu_gb: float) -> bool:
@@ -409,7 +408,7 @@ def measure(config: Qwen2Config, seq_len: int, offload="none", param_dtype=torch
         times.append(time.perf_counter() - t0)
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else peak_rss()
     step_s = sorted(times[1:] or times)[len(times[1:]) // 2]
-    return dict(peak=peak - base, step_s=step_s, tokens_per_s=2 * seq_len / step_s, loss=loss)
+    return dict(peak=peak - base, step_s=step_s, tokens_per_s=2 * seq_len / step_s, loss=loss, step_times=times[1:])
 
 
 def compare(config: Qwen2Config, seq_len: int, offloads=OFFLOADS, param_dtype=torch.float32, steps=1,

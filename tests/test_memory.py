@@ -1,6 +1,7 @@
 """memory.py: the estimate against a real run and against arithmetic, offload, auto's choice, and
 train.py --estimate-memory's output and bad input."""
 
+import dataclasses
 import json
 import os
 import re
@@ -70,6 +71,43 @@ def test_estimate_agrees_with_arithmetic_and_offload_moves_what_it_says():
     assert est["none"]["gpu"] - est["optimizer"]["gpu"] > 0.9 * states
     assert est["optimizer"]["gpu"] > est["optimizer+activations"]["gpu"]
     assert est["none"]["gpu"] > est["activations"]["gpu"]
+
+
+def test_a_deep_model_extrapolated_from_shallow_traces_is_the_full_trace_to_the_byte():
+    # A model deeper than memory.SHALLOW is traced at 4, 5 and 6 layers and each phase's peak extrapolated;
+    # here against tracing the whole model: every row, the peak, the host memory, the phase.
+    # 1 GPU, 16 micro-batches, 128 tokens: 4-6 layers peak in the forward pass, 10 in the optimizer step
+    # (its temporaries grow faster per layer), which one line through the shallow peaks would miss by 3.6%.
+    deep = dataclasses.replace(TINY, num_hidden_layers=10)
+    run = dict(world=1, seq_len=128, micro_batch=1, accum=16, param_dtype=torch.bfloat16, checkpointing=True,
+               offload="none", loss_chunk=1024, defer_grad_sync=False)
+    shallow = {n: memory.trace(dataclasses.replace(TINY, num_hidden_layers=n), **run) for n in memory.SHALLOW}
+    full = memory.trace(deep, **run)
+    assert memory.extrapolate(shallow, 10) == full
+    gpu_peak = lambda phases: max(p["gpu"]["Total"] for _, p in phases)
+    peaks = [gpu_peak(shallow[n]) for n in memory.SHALLOW]
+    one_line = peaks[-1] + (10 - memory.SHALLOW[-1]) * (peaks[-1] - peaks[-2])
+    assert one_line < 0.97 * gpu_peak(full)
+    # estimate() end to end: 8 GPUs, offloaded activations, 7 layers.
+    run, deep = dict(world=8, seq_len=1024, accum=2, offload="activations"), dataclasses.replace(TINY, num_hidden_layers=7)
+    fast, whole = memory.estimate(deep, **run), memory.estimate(deep, exact=True, **run)
+    assert fast["layers_traced"] == [4, 5, 6] and whole["layers_traced"] == [7] and whole["host"] > 0
+    assert {k: fast[k] for k in ("gpu", "host", "rows", "phase")} == {k: whole[k] for k in ("gpu", "host", "rows", "phase")}
+
+
+def test_extrapolation_refuses_traces_that_are_not_on_a_line(monkeypatch):
+    # Each phase's peak, kind by kind, on a line through 4, 5 and 6 layers: extrapolated to the byte; off
+    # the line by a byte, or a different sequence of phases, and the estimate traces the whole model.
+    phase = lambda name, n: (name, {"gpu": {"Total": 100 + 10 * n, "Temp": 100}, "cpu": {"Total": 3 * n}})
+    traces = {n: [phase("forward", n), phase("backward", n)] for n in (4, 5, 6)}
+    assert memory.extrapolate(traces, 64) == [phase("forward", 64), phase("backward", 64)]
+    off = dict(traces)
+    off[6] = [phase("forward", 6), ("backward", {"gpu": {"Total": 161, "Temp": 100}, "cpu": {"Total": 18}})]
+    assert memory.extrapolate(off, 64) is None
+    assert memory.extrapolate({**traces, 5: traces[5][:1]}, 64) is None
+    monkeypatch.setattr(memory, "extrapolate", lambda traces, depth: None)
+    e = memory.estimate(dataclasses.replace(TINY, num_hidden_layers=7), 1, 256)
+    assert e["layers_traced"] == [7]
 
 
 def test_auto_picks_the_cheapest_that_fits_with_headroom():
@@ -183,6 +221,17 @@ def test_refusal_says_what_would_fit():
     line = memory.why_not(e, 80, "this run")
     assert "needs an estimated 95.0 GB per GPU, and a 80 GB GPU fits 76.0 GB" in line
     assert "more GPUs (the 10.0 GB" in line and "a smaller --block-size (the 60.0 GB" in line and "\n" not in line
+
+
+def test_fits_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    (tmp_path / "broken.json").write_text("{not json")
+    cases = [(["--sizes", "5B"], "--sizes 5B: the sizes are 0.5B,"), (["--worlds", "8,x"], "--worlds 8,x: give positive"),
+             (["--blocks", "0"], "--blocks 0: give positive"), (["--out", str(tmp_path / "broken.json")], "not a JSON file")]
+    for args, fragment in cases:
+        with pytest.raises(SystemExit) as e:
+            fits.main(args)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1 and fragment in err, err
 
 
 def test_fits_table_marks_auto_picks_and_unfinished_rows():
