@@ -12,8 +12,9 @@ forcing decides. Forcing "Wait" where it would stop makes it check; a thinking b
 check off before its sum leaves the model nothing better than a guess. Every trace has one layout
 (3-digit operands, sums below 1000, two-digit column sums, each column named), so the digits a line
 adds are easy to find. Learning to add is a sudden step in the loss of a 0.8M-parameter model, taken
-at a different step by every seed: the README gives the seeds measured, and the self-check at the end
-of `train.py --tiny` tells a run that did not learn.
+at a different step by every seed and not by every seed within the run (one in six measured): the
+README gives the seeds measured, and the self-check at the end of `train.py --tiny` tells a run that
+did not learn.
 
 Also here: the tokenizer (Qwen2.5's, with a vocabulary of a few words) and the self-check that ends
 `train.py --tiny`. What it leaves out: any arithmetic beyond 3-digit sums.
@@ -27,7 +28,6 @@ import os
 import random
 import re
 import sys
-from functools import cache
 
 from model import atomic_write, dump_json  # files written whole or not at all
 
@@ -38,8 +38,8 @@ CHECK = 0.4  # the share of traces that check their glance: under half, so greed
 TWICE = 0.3  # checks that end with a second "Wait" confirming the sum
 COLUMNS = ("ones", "tens", "hundreds")  # the check's lines, right to left
 # The self-check at the end of `train.py --tiny`: held-out sums answered with one Wait, and the share to pass.
-# Runs that learned the check got 97 to 99 of these 100; with the earlier recipe, one that did not got 17% of
-# all 200. 20 sums were too few (a run right on 75% of all 200 got 19 of the first 20).
+# Runs that learned the check got 97 to 100 of these 100, the one that did not 3. 20 sums were too few (with
+# the earlier recipe, a run right on 75% of all 200 got 19 of the first 20).
 SELF_CHECK_SUMS = 100
 SELF_CHECK_PASS = 0.8
 SYSTEM = "You are a tiny model that adds numbers."  # the chat template's default system prompt
@@ -113,14 +113,6 @@ def dataset(n_train=N_TRAIN, n_test=N_TEST, seed=SEED) -> tuple[list, list]:
 # The tokenizer: Qwen2.5's, built the same way from a vocabulary of a few words
 
 
-@cache
-def qwen_split():
-    """Qwen2.5's pre-tokenizer split (QWEN_SPLIT), as the tokenizers library runs it."""
-    from tokenizers import Regex, pre_tokenizers
-
-    return pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated")
-
-
 def build_tokenizer():
     """
     A byte-level BPE tokenizer built as Qwen2.5's is: NFC, Qwen2.5's pre-tokenizer (every digit alone,
@@ -130,12 +122,12 @@ def build_tokenizer():
     bytes). transformers rebuilds a Qwen2 checkpoint's tokenizer from vocab + merges with Qwen's own
     pre-tokenizer, which is this one: so it reads this tokenizer exactly as it was built.
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence([
-        qwen_split(),
+        pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated"),  # Qwen2.5's split
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
     alphabet = list(byte_symbols().values())

@@ -128,7 +128,7 @@ def get_args(argv=None):
     p.add_argument("--n-head", type=int, default=4)
     p.add_argument("--n-kv-head", type=int, default=2)
     p.add_argument("--mlp", type=int, default=384, help="intermediate size of the SwiGLU MLP")
-    p.add_argument("--rope-theta", type=float, default=1e6, help="RoPE base (Qwen2.5's 1e6)")
+    p.add_argument("--rope-theta", type=float, default=1e6, help="RoPE base of a model from scratch (Qwen2.5's 1e6)")
     p.add_argument("--tiny", action="store_true", help="defaults of the tiny CPU run: " +
                    " ".join(f"{k}={v}" for k, v in TINY.items()))
     args = p.parse_args(argv)
