@@ -179,11 +179,24 @@ def test_lr_schedule_matches_transformers():
         sched.step()
 
 
+
+def test_warmup_stable_decay_matches_transformers():
+    """--decay-ratio (the tiny run's schedule): the peak held, then cosine over the last share of the steps."""
+    from transformers import get_wsd_schedule
+    total, warmup, ratio = 316, 16, 0.3  # 300 steps after warmup: 210 at the peak, then 90 of cosine
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=2e-3)
+    sched = get_wsd_schedule(opt, warmup, num_decay_steps=90, num_training_steps=total)
+    for step in range(total):
+        assert train.lr_at(step, total, warmup, 2e-3, ratio) == pytest.approx(opt.param_groups[0]["lr"], abs=1e-12)
+        opt.step()
+        sched.step()
+    assert train.lr_at(100, total, warmup, 2e-3, ratio) == 2e-3 > train.lr_at(250, total, warmup, 2e-3, ratio)
+
 def test_defaults_are_s1_and_tiny_preset():
     a = train.get_args([])
-    assert (a.model, a.data, a.epochs, a.lr, a.warmup_ratio, a.beta1, a.beta2, a.weight_decay, a.grad_clip,
-            a.global_batch, a.micro_batch, a.block_size) == (
-        "Qwen/Qwen2.5-32B-Instruct", "simplescaling/s1K-1.1", 5, 1e-5, 0.05, 0.9, 0.95, 1e-4, 1.0, 16, 1, 32768)
+    assert (a.model, a.data, a.epochs, a.lr, a.warmup_ratio, a.decay_ratio, a.beta1, a.beta2, a.weight_decay,
+            a.grad_clip, a.global_batch, a.micro_batch, a.block_size) == (
+        "Qwen/Qwen2.5-32B-Instruct", "simplescaling/s1K-1.1", 5, 1e-5, 0.05, 1.0, 0.9, 0.95, 1e-4, 1.0, 16, 1, 32768)
     t = train.get_args(["--tiny"])
     assert all(getattr(t, k) == v for k, v in train.TINY.items())
     assert train.get_args(["--tiny", "--lr", "0.5"]).lr == 0.5  # a flag beats the preset
@@ -217,7 +230,8 @@ def test_bad_input(setup, tmp_path, capsys):
                  "not a multiple")
     expect_error(["--init-from-scratch", "--data", setup["data"], "--out-dir", str(tmp_path / "o4")], capsys,
                  "needs --tokenizer")
-    assert not any(os.path.exists(tmp_path / f"o{i}") for i in range(1, 5))
+    expect_error(base_args(setup, tmp_path / "o5", "--decay-ratio", "0"), capsys, "--decay-ratio 0: give the share")
+    assert not any(os.path.exists(tmp_path / f"o{i}") for i in range(1, 6))
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(setup, tmp_path, capsys):
