@@ -39,10 +39,11 @@ CHECK = 0.4  # the share of traces that check their glance: under half, so greed
 TWICE = 0.3  # checks that end with a second "Wait" confirming the sum
 COLUMNS = ("ones", "tens", "hundreds")  # the check's lines, right to left
 # The self-check at the end of `train.py --tiny`: held-out sums answered with one Wait, and the share to pass.
-# Runs that learned the check got 97 to 100 of these 100, the one that did not 3. 20 sums were too few (with
-# the earlier recipe, a run right on 75% of all 200 got 19 of the first 20).
+# Runs that got 95% or more of all 200 got 94 to 100 of these 100; the two of ten that fell short got 82 (84%
+# of all 200) and 40 (43.5%), so 90 is the line. 20 sums were too few (with an earlier recipe, a run right on
+# 75% of all 200 got 19 of the first 20).
 SELF_CHECK_SUMS = 100
-SELF_CHECK_PASS = 0.8
+SELF_CHECK_PASS = 0.9
 SYSTEM = "You are a tiny model that adds numbers."  # the chat template's default system prompt
 # The words the tokenizer keeps whole ("Wait" among them), with and without a leading space. Digits are
 # single tokens anyway: Qwen2.5's pre-tokenizer splits every digit off on its own.

@@ -197,7 +197,7 @@ def test_self_check_passes_a_model_that_checks_and_fails_one_that_does_not(tiny_
             assert "learned its check" in line and "did not" not in line
         else:
             assert "did not learn" in line and "--seed 8 --out-dir out/x-8" in line
-    assert 0 < carry_free < 0.8 * len(rows)  # so the glance alone fails the self-check
+    assert 0 < carry_free < tiny.SELF_CHECK_PASS * len(rows)  # so the glance alone fails the self-check
     assert "skipped" in tiny.self_check_report("out/x", str(tiny_dir / "nowhere" / "train.jsonl"), seed=7)
 
 
