@@ -179,7 +179,6 @@ def test_lr_schedule_matches_transformers():
         sched.step()
 
 
-
 def test_warmup_stable_decay_matches_transformers():
     """--decay-ratio (the tiny run's schedule): the peak held, then cosine over the last share of the steps."""
     from transformers import get_wsd_schedule
@@ -191,6 +190,7 @@ def test_warmup_stable_decay_matches_transformers():
         opt.step()
         sched.step()
     assert train.lr_at(100, total, warmup, 2e-3, ratio) == 2e-3 > train.lr_at(250, total, warmup, 2e-3, ratio)
+
 
 def test_defaults_are_s1_and_tiny_preset():
     a = train.get_args([])
