@@ -18,6 +18,7 @@ FAKE_GPU = "gpu"  # the device the estimate's tensors live on: a GPU that only k
 
 class _Stream:
     """What FSDP2 asks of a device's streams and events; a GPU that keeps only shapes has nothing to order."""
+    stream_id = device_index = device_type = 0  # torch >= 2.15 hands these to a no-op op after reduce-scatter
     def __init__(self, *args, **kwargs): pass
     def wait_stream(self, stream): pass
     def wait_event(self, event): pass
