@@ -20,6 +20,7 @@ and multi-turn conversations.
 """
 
 import argparse
+import functools
 import math
 import os
 import sys
@@ -177,16 +178,29 @@ def steps_per_epoch(n_examples: int, global_batch: int) -> int:
     return math.ceil(n_examples / global_batch)  # s1: ceil(1000 / 16) = 63 steps, 315 over 5 epochs
 
 
-def epoch_order(n_examples: int, epoch: int, seed: int) -> list[int]:
+@functools.lru_cache(maxsize=2)  # every step asks for its epoch's order; lengths is a tuple
+def epoch_order(n_examples: int, epoch: int, seed: int, lengths=None, global_batch: int = 1) -> list[int]:
+    """A fresh permutation per epoch. Given the examples' lengths, grouped by length as transformers'
+    group_by_length: each run of 50 batches is sorted longest first and cut into batches, and the batches
+    are shuffled, so that a batch pads its sequences to nearly their own length (less compute wasted on
+    padding) while the epoch still sees its batches in random order. A short last batch stays last."""
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    return torch.randperm(n_examples, generator=g).tolist()
+    order = torch.randperm(n_examples, generator=g).tolist()
+    if lengths is None:
+        return order
+    mega = 50 * global_batch
+    order = [i for k in range(0, n_examples, mega) for i in sorted(order[k:k + mega], key=lambda i: -lengths[i])]
+    n_full = n_examples // global_batch
+    batches = [order[b * global_batch:(b + 1) * global_batch] for b in torch.randperm(n_full, generator=g).tolist()]
+    return [i for batch in batches for i in batch] + order[n_full * global_batch:]
 
 
-def global_batch_ids(step: int, n_examples: int, global_batch: int, seed: int) -> list[int]:
-    """The examples of optimizer step `step`. A short last batch is filled from the start of the same
-    epoch's order (as DistributedSampler pads), so every step has exactly global_batch sequences."""
+def global_batch_ids(step: int, n_examples: int, global_batch: int, seed: int, lengths=None) -> list[int]:
+    """The examples of optimizer step `step` (grouped by length if given their `lengths`). A short last
+    batch is filled from the start of the same epoch's order (as DistributedSampler pads), so every step has
+    exactly global_batch sequences."""
     spe = steps_per_epoch(n_examples, global_batch)
-    order = epoch_order(n_examples, step // spe, seed)
+    order = epoch_order(n_examples, step // spe, seed, lengths, global_batch)
     start = (step % spe) * global_batch
     return [order[(start + j) % n_examples] for j in range(global_batch)]
 

@@ -11,11 +11,13 @@ checkpoints (torch.distributed.checkpoint) and the Hugging Face export, then the
     python train.py --estimate-memory --world-size 8    # what fits, per GPU, without a GPU (memory.py)
 
 Loss as s1: each sequence's loss is the mean over its trained tokens; a step averages the 16 sequences
-of the global batch, whatever their lengths. Sequences are not packed. Memory: before any weight is read,
-`--offload auto` estimates the run's peak per GPU (memory.py) and picks the cheapest of no offload,
-checkpointed activations in host memory, or the optimizer (fp32 weights, gradients, AdamW) in host
-memory, that fits; it refuses a run that cannot fit. s1-32B at block 32768 on 8 x 80 GB runs with the
-optimizer in host memory. What it leaves out: tensor, sequence and pipeline parallelism, LoRA.
+of the global batch, whatever their lengths (`--loss-average token` weighs every token the same instead).
+Sequences are not packed; `--group-by-length` batches sequences of similar length to pad less.
+
+Memory: before any weight is read, `--offload auto` estimates the run's peak per GPU (memory.py) and
+picks the cheapest of no offload, checkpointed activations in host memory, or the optimizer (fp32
+weights, gradients, AdamW) in host memory, that fits; it refuses a run that cannot fit. s1-32B at block
+32768 on 8 x 80 GB runs with the optimizer in host memory. What it leaves out: tensor, sequence and pipeline parallelism, LoRA.
 """
 
 import argparse
@@ -61,6 +63,7 @@ BLOCK_SIZE = 32768  # s1.1 used 20000 to avoid OOM
 DTYPE = "auto"  # s1: bf16 on GPU (bf16 params, fp32 reductions, fp32 master weights); fp32 on CPU
 SAVE_EVERY = 50
 SEED = 42
+LOSS_AVERAGE = "sequence"  # s1's: each sequence's loss is the mean over its tokens, the batch the mean of those
 
 # The tiny CPU run (`--tiny`; its data from tiny.py): a small Qwen2-shaped model from scratch on synthetic sums.
 # 16 sequences a step: more steps for the same tokens, and steps are what the sudden step of learning to add
@@ -95,6 +98,9 @@ def get_args(argv=None):
     p.add_argument("--decay-ratio", type=float, default=DECAY_RATIO,
                    help="cosine decay over this last share of the steps after warmup, the peak lr before it "
                    "(warmup-stable-decay); 1: cosine from the end of warmup, as s1")
+    p.add_argument("--loss-average", default=LOSS_AVERAGE, choices=["sequence", "token"],
+                   help="sequence: each sequence's mean loss counts the same (s1); token: every trained token of "
+                   "the global batch counts the same, so long sequences weigh more")
     p.add_argument("--beta1", type=float, default=BETA1)
     p.add_argument("--beta2", type=float, default=BETA2)
     p.add_argument("--weight-decay", type=float, default=WEIGHT_DECAY)
@@ -125,6 +131,8 @@ def get_args(argv=None):
     p.add_argument("--stop-at-step", type=int, default=None, help="save and stop after this step (the schedule "
                    "still spans all epochs; --resume continues)")
     p.add_argument("--seed", type=int, default=SEED, help="data order (and the init from scratch)")
+    p.add_argument("--group-by-length", action="store_true", help="batch sequences of similar length together "
+                   "(batches in random order): less padding, so faster steps where lengths vary (s1: off)")
     p.add_argument("--log-every", type=int, default=1, help="print a line every N steps (log.jsonl gets every step)")
     p.add_argument("--wandb", default=None, metavar="PROJECT", help="also log to this wandb project (if installed)")
     p.add_argument("--init-from-scratch", action="store_true", help="random init (model.init_weights) of the "
@@ -358,6 +366,7 @@ def train(args):
         raise TrainError(f"--global-batch {args.global_batch} is not a multiple of {world} processes x "
                          f"--micro-batch {args.micro_batch}")
     n, G = len(examples), args.global_batch
+    lengths = tuple(len(ids) for ids, _ in examples) if args.group_by_length else None
     accum = G // (world * args.micro_batch)
     total_steps = args.epochs * steps_per_epoch(n, G)
     warmup = math.ceil(args.warmup_ratio * total_steps)
@@ -379,8 +388,9 @@ def train(args):
 
     def own_state(step):
         """What DCP does not hold: where we are, what decides the data order and the schedule, the RNG."""
-        order = epoch_order(n, min(step, total_steps - 1) // steps_per_epoch(n, G), args.seed)
+        order = epoch_order(n, min(step, total_steps - 1) // steps_per_epoch(n, G), args.seed, lengths, G)
         s = dict(step=step, seed=args.seed, n_examples=n, global_batch=G, total_steps=total_steps, warmup=warmup,
+                 lr=args.lr, decay_ratio=args.decay_ratio, loss_average=args.loss_average,
                  data_order=torch.tensor(order), rng_cpu=torch.get_rng_state())
         if device.type == "cuda":
             s["rng_cuda"] = torch.cuda.get_rng_state()
@@ -390,14 +400,16 @@ def train(args):
     if resume_from:
         own = load_checkpoint(model, optim, resume_from, rank)
         now = own_state(int(own["step"]))
-        differs = [k for k in ("seed", "n_examples", "global_batch", "total_steps", "warmup") if int(own[k]) != now[k]]
+        # (lr, decay_ratio and loss_average are missing from checkpoints written before they were saved)
+        differs = [k for k in ("seed", "n_examples", "global_batch", "total_steps", "warmup", "lr", "decay_ratio",
+                               "loss_average") if k in own and own[k] != now[k]]
         if differs:
-            was = ", ".join(f"{k}={int(own[k])}" for k in differs)
+            was = ", ".join(f"{k}={own[k]:g}" if isinstance(own[k], float) else f"{k}={own[k]}" for k in differs)
             raise TrainError(f"{resume_from} was trained with a different {', '.join(differs)} ({was}); "
                              "resume with the same data and flags")
         if not torch.equal(own["data_order"], now["data_order"]):
-            raise TrainError(f"{resume_from}: this dataset (or torch version) gives another data order; resume with "
-                             "the data and torch version of the interrupted run")
+            raise TrainError(f"{resume_from}: this dataset (or torch version, or --group-by-length) gives another "
+                             "data order; resume with the data, flags and torch version of the interrupted run")
         start = int(own["step"])
         torch.set_rng_state(own["rng_cpu"])
         if device.type == "cuda" and "rng_cuda" in own:
@@ -447,7 +459,11 @@ def train(args):
         lr = lr_at(step, total_steps, warmup, args.lr, args.decay_ratio)
         for group in optim.param_groups:
             group["lr"] = lr
-        micro = rank_micro_batches(global_batch_ids(step, n, G, args.seed), rank, world, args.micro_batch)
+        batch_ids = global_batch_ids(step, n, G, args.seed, lengths)
+        micro = rank_micro_batches(batch_ids, rank, world, args.micro_batch)
+        # Averaged over tokens, a token's weight is G / (trained tokens of the whole global batch), so that the
+        # mean over the G sequences below is the mean over all their tokens. Every rank knows the whole batch.
+        per_token = G / sum(len(examples[i][0]) - examples[i][1] for i in batch_ids)
         stats = torch.zeros(3, dtype=torch.float64, device=device)  # sum of sequence losses, tokens, FLOPs
         for a, ids in enumerate(micro):
             x, y = (t.to(device) for t in collate(examples, ids))  # (B, T) each
@@ -456,16 +472,16 @@ def train(args):
             # Each sequence's loss is the mean over its targets: weight each target token by 1 / their
             # number in its sequence, and the model's weighted sum is the micro-batch's sum of those means.
             trained = y != IGNORE  # (B, T)
-            weights = trained / trained.sum(1, keepdim=True)  # (B, T)
+            weights = trained / trained.sum(1, keepdim=True) if args.loss_average == "sequence" else trained * per_token
             with offloaded_activations(offload, device):  # what backward keeps, in host memory or not
                 seq_losses = model(x, targets=y, loss_weights=weights, loss_chunk=args.loss_chunk)
             # FSDP averages gradients over the processes, so each divides by its own share of the batch:
             # the gradient is then that of the mean over all G sequences.
             (seq_losses / (accum * args.micro_batch)).backward()
-            lengths = [len(examples[i][0]) - 1 for i in ids]
+            inputs = [len(examples[i][0]) - 1 for i in ids]
             stats[0] += seq_losses.detach()  # no host sync: read once per step, after the all-reduce
-            stats[1] += sum(lengths)
-            stats[2] += sum(training_flops(config, n_matmul, T) for T in lengths)
+            stats[1] += sum(inputs)
+            stats[2] += sum(training_flops(config, n_matmul, T) for T in inputs)
         dist.all_reduce(stats)
         loss = stats[0].item() / G
         grad_norm = clip_grad_norm(params, args.grad_clip).item()

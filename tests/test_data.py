@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import ROOT, write_jsonl
 from data import (ASSISTANT_HEADER, IGNORE, DataError, assistant_turn, build_examples, collate, epoch_order,
@@ -176,6 +177,30 @@ def test_order_is_deterministic_and_split_across_ranks():
     assert sorted(i for p in parts for m in p for i in m) == sorted(batch)
     with pytest.raises(DataError, match="not a multiple"):
         rank_micro_batches(batch, 0, 3, 1)
+
+
+def test_group_by_length_pads_less_and_keeps_every_example():
+    # 2 lengths, as the tiny task's (a check or none): random batches nearly always hold a long one, grouped
+    # batches are nearly all of one length. Every epoch still sees every example once, in a fresh order.
+    n, G = 1003, 16
+    rng = torch.Generator().manual_seed(0)
+    lengths = tuple((torch.rand(n, generator=rng) < 0.4).long().mul(60).add(50).tolist())  # 50 or 110
+    spe = steps_per_epoch(n, G)
+
+    def mean_padded_length(seed, grouped):
+        batches = [global_batch_ids(s, n, G, seed, lengths if grouped else None) for s in range(spe)]
+        return sum(max(lengths[i] for i in b) for b in batches) / spe
+
+    assert mean_padded_length(1, False) > 105 and mean_padded_length(1, True) < 80
+    for epoch in range(2):
+        order = epoch_order(n, epoch, 1, lengths, G)
+        seen = [i for s in range(epoch * spe, (epoch + 1) * spe) for i in global_batch_ids(s, n, G, 1, lengths)]
+        assert sorted(order) == list(range(n)) and seen[:n] == order
+        assert seen[n:] == order[:spe * G - n]  # the short last batch is last, filled from the epoch's start
+    assert epoch_order(n, 0, 1, lengths, G) != epoch_order(n, 1, 1, lengths, G) != epoch_order(n, 1, 2, lengths, G)
+    # the batches come in random order, not longest first
+    firsts = [max(lengths[i] for i in global_batch_ids(s, n, G, 1, lengths)) for s in range(50)]
+    assert 10 < firsts.count(110) < 40
 
 
 def test_bad_data_errors(byte_tokenizer, tmp_path):

@@ -101,6 +101,44 @@ def test_resume_and_two_processes_reproduce_the_uninterrupted_run(setup, tmp_pat
     assert os.listdir(ranks / "checkpoints") == ["step_000004"]  # --keep-checkpoints 1
 
 
+def test_loss_averages_match_transformers_loss(setup, tmp_path):
+    # The first step's loss is the initial model's: for "sequence" (s1's) the mean of each sequence's mean
+    # over its answer tokens; for "token" the mean over every answer token of the batch, which is what
+    # transformers' loss gives for the padded batch at once. Its gradient is right on 2 processes too.
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import data
+    hf = AutoModelForCausalLM.from_pretrained(setup["ckpt"]).eval()
+    examples, _ = data.load_sft_data(setup["data"], AutoTokenizer.from_pretrained(setup["tok"]), 256)
+    x, y = data.collate(examples, data.global_batch_ids(0, len(examples), 8, 42))
+    with torch.no_grad():
+        logits = hf(x).logits  # y is x shifted: position t predicts y[:, t]
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), y, ignore_index=data.IGNORE, reduction="none")
+    trained = y != data.IGNORE  # (B, T)
+    # transformers is handed the whole sequences, with the prompt and padding labelled -100, and shifts itself.
+    full = torch.cat([x, torch.where(trained[:, -1:], y[:, -1:], 0)], 1)
+    labels = torch.cat([torch.full_like(y[:, :1], data.IGNORE), y], 1)
+    with torch.no_grad():
+        want = dict(sequence=((nll * trained).sum(1) / trained.sum(1)).mean().item(),
+                    token=hf(full, labels=labels).loss.item())
+    assert abs(want["sequence"] - want["token"]) > 1e-3  # the batch's answers differ in length: the two differ
+    for average, loss in want.items():
+        out = tmp_path / average
+        train.main(base_args(setup, out, "--loss-average", average, "--stop-at-step", "2"))
+        assert log(out)[0]["loss"] == pytest.approx(loss, abs=1e-5, rel=0)
+    torchrun(base_args(setup, tmp_path / "ranks", "--loss-average", "token", "--micro-batch", "2", "--stop-at-step", "2"))
+    for a, b in zip(log(tmp_path / "token"), log(tmp_path / "ranks"), strict=True):
+        assert abs(a["loss"] - b["loss"]) < 1e-5 and abs(a["grad_norm"] - b["grad_norm"]) < 1e-4 * a["grad_norm"]
+
+
+def test_group_by_length_resumes_and_refuses_another_order(setup, tmp_path, capsys):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    train.main(base_args(setup, whole, "--group-by-length"))
+    train.main(base_args(setup, split, "--group-by-length", "--stop-at-step", "2"))
+    expect_error(base_args(setup, split, "--resume"), capsys, "gives another data order")
+    train.main(base_args(setup, split, "--group-by-length", "--resume"))
+    assert [r["loss"] for r in log(whole)] == [r["loss"] for r in log(split)]
+
+
 def test_compiled_blocks_with_checkpointing_give_the_same_steps(setup, tmp_path, aot_eager, fresh_compile):
     # The GPU recipe at long blocks: each decoder block compiled before fully_shard wraps it, and run
     # under activation checkpointing. Neither may change a number. aot_eager traces autograd's joint
@@ -246,6 +284,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(setup, tmp_path, caps
     same = ["--lr", "1e35", "--warmup-ratio", "0", "--resume"]
     expect_error(base_args(setup, out, *same, "--seed", "7"), capsys, "different seed (seed=42)")
     expect_error(base_args(setup, out, *same, "--epochs", "3"), capsys, "different total_steps (total_steps=4)")
+    expect_error(base_args(setup, out, "--lr", "1e-3", *same[2:]), capsys, "different lr (lr=1e+35)")
+    expect_error(base_args(setup, out, *same, "--decay-ratio", "0.5", "--loss-average", "token"), capsys,
+                 "different decay_ratio, loss_average (decay_ratio=1, loss_average=sequence)")
 
 
 def test_error_is_one_line_without_traceback(setup, tmp_path):
