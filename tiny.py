@@ -2,20 +2,22 @@
 The tiny s1: a reasoning task small enough to train a model from scratch on a laptop CPU in minutes.
 
 It is written as s1K rows, so that the very same train.py / sample.py / eval.py run on it: add two
-3-digit numbers. Every thinking trace is a hasty solver's. It first writes the sum at a glance, and a
-glance drops each carry 70% of the time ("What is 347 plus 285?" "Quick sum: 522."). In 4 traces of
-10 it then writes "Wait", adds column by column with the carries and answers with the checked sum (and
-a few checks end with a second "Wait, that is right."); otherwise it answers with its glance, so about
-a third of the training answers are wrong, as a hasty solver's would be. Whether a trace checks does
+3-digit numbers. Every thinking trace is a hasty solver's. It first writes the sum at a glance, adding
+each column's digits and dropping every carry ("What is 347 plus 285?" "Quick sum: 522."), which is
+right for the sums without a carry, about a third. In 4 traces of 10 it then writes "Wait", adds column
+by column with the carries and answers with the checked sum (and a few checks end with a second "Wait,
+that is right."); otherwise it answers with its glance, so about 4 training answers in 10 are wrong, as
+a hasty solver's would be. The glance is the check without its carries, so every trace practises the
+digit sums the check needs (a glance that dropped carries at random, as before 2026-12-02 evening, was
+noise to learn, and runs learned the column sums late or not at all). Whether a trace checks does
 not depend on its glance, and fewer than half do, so a greedy model never checks by itself: budget
 forcing decides. Forcing "Wait" where it would stop makes it check; a thinking budget that cuts the
 check off before its sum leaves the model nothing better than a guess. Every trace has one layout
 (3-digit operands, sums below 1000, two-digit column sums, each column named), so the digits a line
 adds are easy to find. A 0.8M-parameter model learns to copy the digits early and the digit sums
-late, one column at a time, at a different step for every seed (and every CPU's rounding); a run that
-falls short has the sums of one or two columns wrong while its copies are right. Not every seed gets
-there within the run: the README gives the seeds measured, and the self-check at the end of
-`train.py --tiny` tells a run that did not learn.
+later, at a different step for every seed (and every CPU's rounding); a run that falls short has the
+sums of a column wrong while its copies are right. The README gives the seeds measured, and the
+self-check at the end of `train.py --tiny` tells a run that did not learn.
 
 Also here: the tokenizer (Qwen2.5's, with a vocabulary of a few words) and the self-check that ends
 `train.py --tiny`. What it leaves out: any arithmetic beyond 3-digit sums.
@@ -34,7 +36,6 @@ from model import atomic_write, dump_json  # files written whole or not at all
 
 OUT = "data/tiny"
 N_TRAIN, N_TEST, SEED = 15000, 200, 0
-SLIP = 0.7  # the glance drops each carry with this probability
 CHECK = 0.4  # the share of traces that check their glance: under half, so greedy decoding never does
 TWICE = 0.3  # checks that end with a second "Wait" confirming the sum
 COLUMNS = ("ones", "tens", "hundreds")  # the check's lines, right to left
@@ -80,10 +81,9 @@ def problem(rng) -> tuple[int, int]:
 def example(a: int, b: int, rng) -> dict:
     """One s1K-format row: question, thinking trajectory (the glance, maybe the check) and attempt."""
     x, y = [a // 10 ** i % 10 for i in range(3)], [b // 10 ** i % 10 for i in range(3)]  # ones first
-    glance, glance_carry, carry, columns = 0, 0, 0, []
+    glance = sum((x[i] + y[i]) % 10 * 10 ** i for i in range(3))  # each column's digits, every carry dropped
+    carry, columns = 0, []
     for i in range(3):
-        glance += (x[i] + y[i] + glance_carry) % 10 * 10 ** i
-        glance_carry = int(x[i] + y[i] + glance_carry >= 10 and rng.random() >= SLIP)
         s = x[i] + y[i] + carry
         columns.append(f"{COLUMNS[i]}: {x[i]}+{y[i]}+{carry}={s:02d}")
         carry = s // 10
