@@ -2,22 +2,25 @@
 The tiny s1: a reasoning task small enough to train a model from scratch on a laptop CPU in minutes.
 
 It is written as s1K rows, so that the very same train.py / sample.py / eval.py run on it: add two
-3-digit numbers. Every thinking trace is a hasty solver's. It first writes the sum at a glance, adding
-each column's digits and dropping every carry ("What is 347 plus 285?" "Quick sum: 522."), which is
-right for the sums without a carry, about a third. In 4 traces of 10 it then writes "Wait", adds column
-by column with the carries and answers with the checked sum (and a few checks end with a second "Wait,
-that is right."); otherwise it answers with its glance, so about 4 training answers in 10 are wrong, as
-a hasty solver's would be. The glance is the check without its carries, so every trace practises the
-digit sums the check needs (a glance that dropped carries at random, as before 2026-12-02 evening, was
-noise to learn, and runs learned the column sums late or not at all). Whether a trace checks does
-not depend on its glance, and fewer than half do, so a greedy model never checks by itself: budget
-forcing decides. Forcing "Wait" where it would stop makes it check; a thinking budget that cuts the
-check off before its sum leaves the model nothing better than a guess. Every trace has one layout
-(3-digit operands, sums below 1000, two-digit column sums, each column named), so the digits a line
-adds are easy to find. A 0.8M-parameter model learns to copy the digits early and the digit sums
-later, at a different step for every seed (and every CPU's rounding); a run that falls short has the
-sums of a column wrong while its copies are right. The README gives the seeds measured, and the
-self-check at the end of `train.py --tiny` tells a run that did not learn.
+3-digit numbers. Every thinking trace is a hasty solver's. It thinks "Quick sum." and would answer at
+a glance, adding each column's digits and dropping every carry ("What is 347 plus 285?" "Final Answer:
+522"), which is right for the third of the sums that have no carry. In 4 traces of 10 it first writes
+"Wait", adds column by column with the carries and answers with the checked sum (and a few checks end
+with a second "Wait, that is right."); otherwise it answers at a glance, so about 4 training answers in
+10 are wrong, as a hasty solver's would be. Whether a trace checks does not depend on its problem, and
+fewer than half do, so a greedy model never checks by itself: budget forcing decides. Forcing "Wait"
+where it would stop makes it check; a thinking budget that cuts the check off before its sum leaves the
+model nothing better than a guess. Every trace has one layout (3-digit operands, sums below 1000,
+two-digit column sums, each column named), so the digits a line adds are easy to find.
+
+The glance is not written in the thinking, on purpose. When it was ("Quick sum: 522.", until 2026-12-02),
+its digits were the check's without the carries, and a model could learn the check's sums from the
+glance above them instead of from the digits it had just copied: in one run of four or five it did, never
+learned to add the question's digits for the glance itself, and then checked a wrong glance into a
+wrong sum (2.5% with a Wait). With nothing to lean on, the check has to add what it copied. A 0.8M-
+parameter model learns to copy the digits early and the digit sums later, at a different step for every
+seed (and every CPU's rounding); the README gives the seeds measured, and the self-check at the end of
+`train.py --tiny` tells a run that did not learn.
 
 Also here: the tokenizer (Qwen2.5's, with a vocabulary of a few words) and the self-check that ends
 `train.py --tiny`. What it leaves out: any arithmetic beyond 3-digit sums.
@@ -79,7 +82,7 @@ def problem(rng) -> tuple[int, int]:
 
 
 def example(a: int, b: int, rng) -> dict:
-    """One s1K-format row: question, thinking trajectory (the glance, maybe the check) and attempt."""
+    """One s1K-format row: question, thinking trajectory (maybe with the check), attempt (glance or checked sum)."""
     x, y = [a // 10 ** i % 10 for i in range(3)], [b // 10 ** i % 10 for i in range(3)]  # ones first
     glance = sum((x[i] + y[i]) % 10 * 10 ** i for i in range(3))  # each column's digits, every carry dropped
     carry, columns = 0, []
@@ -87,7 +90,7 @@ def example(a: int, b: int, rng) -> dict:
         s = x[i] + y[i] + carry
         columns.append(f"{COLUMNS[i]}: {x[i]}+{y[i]}+{carry}={s:02d}")
         carry = s // 10
-    thinking, answer = f"Quick sum: {glance}.", glance
+    thinking, answer = "Quick sum.", glance  # the glance is only in the answer: no digits for the check to lean on
     if rng.random() < CHECK:
         check = ["Wait, let me add column by column.", *columns, f"Column sum: {a + b}."]
         if rng.random() < TWICE:

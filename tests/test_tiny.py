@@ -52,9 +52,9 @@ def test_rows_are_s1k_rows_whose_checks_add_up():
     for r in train:
         assert set(r) >= {"question", "thinking_trajectories", "attempt"}
         a, b = operands(r["question"])
-        glance_line, _, rest = r["thinking_trajectories"][0].partition("\n")
-        glance = int(re.fullmatch(r"Quick sum: (\d{3})\.", glance_line).group(1))
-        assert glance == carry_free_sum(a, b)  # a glance adds every column and drops every carry
+        first_line, _, rest = r["thinking_trajectories"][0].partition("\n")
+        assert first_line == "Quick sum."  # no digits before the check: it must add what it copies
+        glance = carry_free_sum(a, b)  # a glance adds every column and drops every carry
         kinds["glance right" if glance == a + b else "glance wrong"] += 1
         stated, check = glance, expected_check(a, b)
         assert rest in ("", check, check + "\nWait, that is right."), rest  # no check, or the whole check
@@ -149,9 +149,9 @@ def test_data_command_refuses_bad_counts(tmp_path):
 def scripted_solver(tok, rows, checks: bool):
     """
     A stand-in for a trained model (tests/test_sample.py's ScriptedLM) that writes what the tiny task
-    taught: the glance, then it would stop. After the forced Wait a solver that learned the check
-    (checks=True) adds column by column and answers the sum; one that did not confirms its glance and
-    answers it.
+    taught: "Quick sum.", then it would stop. After the forced Wait a solver that learned the check
+    (checks=True) adds column by column and answers the sum; one that did not says "that is right" and
+    answers at a glance.
     """
     from test_sample import ScriptedLM
 
@@ -163,12 +163,12 @@ def scripted_solver(tok, rows, checks: bool):
         glance = carry_free_sum(a, b)
         said = a + b if checks else glance
         # What follows the forced "Wait" (the next token may not end thinking again): the check, or
-        # the glance confirmed.
+        # a confirmation.
         check = expected_check(a, b) if checks else "Wait, that is right."
         check = check.removeprefix("Wait") + "\n"
         # Each <|im_start|> is where the model would end its thinking: the first gets the Wait instead,
         # the second the forced "<|im_start|>answer" (two tokens, so "answer" stands in the script too).
-        scripts.append(enc(f"\nQuick sum: {glance}.\n") + [im_start] + enc(check) + [im_start, answer]
+        scripts.append(enc("\nQuick sum.\n") + [im_start] + enc(check) + [im_start, answer]
                        + enc(f"\nFinal Answer: {said}") + [im_end])
         prompts.append(enc(sample.build_prompt(tok, r["problem"])))
     return ScriptedLM(prompts, scripts, vocab_size=384)
