@@ -17,7 +17,8 @@ Sequences are not packed; `--group-by-length` batches sequences of similar lengt
 Memory: before any weight is read, `--offload auto` estimates the run's peak per GPU (memory.py) and
 picks the cheapest of no offload, checkpointed activations in host memory, or the optimizer (fp32
 weights, gradients, AdamW) in host memory, that fits; it refuses a run that cannot fit. s1-32B at block
-32768 on 8 x 80 GB runs with the optimizer in host memory. What it leaves out: tensor, sequence and pipeline parallelism, LoRA.
+32768 on 8 x 80 GB runs with the optimizer in host memory. What it leaves out: tensor, sequence and
+pipeline parallelism, LoRA.
 """
 
 import argparse
@@ -71,8 +72,8 @@ LOSS_AVERAGE = "sequence"  # s1's: each sequence's loss is the mean over its tok
 # random batch nearly always holds a check and pads every sequence to it (32% of its tokens padding), so the
 # grouped steps are ~25% faster, which buys a 4th epoch in the time 3 took. The lr held at its peak until
 # the last 30% of the steps (warmup-stable-decay): a run that learns the column sums late gets them right in
-# the decay, where the noise of the high lr no longer covers them (BENCHMARKS.md has the runs). RoPE base 1e4 rather than Qwen2.5's 1e6 (made for 32k tokens): more of its rotations turn within
-# a 128-token sequence.
+# the decay, where the noise of the high lr no longer covers them (BENCHMARKS.md has the runs). RoPE base
+# 1e4 rather than Qwen2.5's 1e6 (made for 32k tokens): more of its rotations turn within a 128-token sequence.
 TINY = dict(data="data/tiny/train.jsonl", tokenizer="data/tiny/tokenizer", out_dir="out/tiny",
             init_from_scratch=True, n_layer=4, n_embd=128, n_head=4, n_kv_head=2, mlp=384, rope_theta=1e4,
             block_size=512, dtype="float32", epochs=4, lr=2e-3, warmup_ratio=0.05, decay_ratio=0.3, weight_decay=0.1,

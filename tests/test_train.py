@@ -125,8 +125,9 @@ def test_loss_averages_match_transformers_loss(setup, tmp_path):
         out = tmp_path / average
         train.main(base_args(setup, out, "--loss-average", average, "--stop-at-step", "2"))
         assert log(out)[0]["loss"] == pytest.approx(loss, abs=1e-5, rel=0)
-    torchrun(base_args(setup, tmp_path / "ranks", "--loss-average", "token", "--micro-batch", "2", "--stop-at-step", "2"))
-    for a, b in zip(log(tmp_path / "token"), log(tmp_path / "ranks"), strict=True):
+    ranks = tmp_path / "ranks"
+    torchrun(base_args(setup, ranks, "--loss-average", "token", "--micro-batch", "2", "--stop-at-step", "2"))
+    for a, b in zip(log(tmp_path / "token"), log(ranks), strict=True):
         assert abs(a["loss"] - b["loss"]) < 1e-5 and abs(a["grad_norm"] - b["grad_norm"]) < 1e-4 * a["grad_norm"]
 
 
