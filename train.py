@@ -463,9 +463,10 @@ def train(args):
             group["lr"] = lr
         batch_ids = global_batch_ids(step, n, G, args.seed, lengths)
         micro = rank_micro_batches(batch_ids, rank, world, args.micro_batch)
-        # Averaged over tokens, a token's weight is G / (trained tokens of the whole global batch), so that the
+        # --loss-average token: a token's weight is G / (trained tokens of the whole global batch), so that the
         # mean over the G sequences below is the mean over all their tokens. Every rank knows the whole batch.
-        per_token = G / sum(len(examples[i][0]) - examples[i][1] for i in batch_ids)
+        per_token = G / sum(len(examples[i][0]) - examples[i][1] for i in batch_ids) \
+            if args.loss_average == "token" else None
         stats = torch.zeros(3, dtype=torch.float64, device=device)  # sum of sequence losses, tokens, FLOPs
         for a, ids in enumerate(micro):
             x, y = (t.to(device) for t in collate(examples, ids))  # (B, T) each
@@ -474,7 +475,7 @@ def train(args):
             # Each sequence's loss is the mean over its targets: weight each target token by 1 / their
             # number in its sequence, and the model's weighted sum is the micro-batch's sum of those means.
             trained = y != IGNORE  # (B, T)
-            weights = trained / trained.sum(1, keepdim=True) if args.loss_average == "sequence" else trained * per_token
+            weights = trained / trained.sum(1, keepdim=True) if per_token is None else trained * per_token
             with offloaded_activations(offload, device):  # what backward keeps, in host memory or not
                 seq_losses = model(x, targets=y, loss_weights=weights, loss_chunk=args.loss_chunk)
             # FSDP averages gradients over the processes, so each divides by its own share of the batch:
